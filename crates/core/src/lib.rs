@@ -1,0 +1,6 @@
+//! infinihip-core: formats and algorithms with no GPU.
+//!
+//! GGUF reading and dequantisation, the tokenizer and chat template, model configuration and
+//! sampling. Everything here is plain Rust, usable by the CPU and CUDA backends alike.
+
+pub mod gguf;
