@@ -4,3 +4,4 @@
 //! sampling. Everything here is plain Rust, usable by the CPU and CUDA backends alike.
 
 pub mod gguf;
+pub mod quant;
