@@ -277,9 +277,7 @@ impl Metadata {
     /// An integer key that must fit in usize (counts, lengths, ids).
     pub fn usize(&self, key: &str) -> Result<usize, GgufError> {
         let v = self.require(key)?;
-        v.as_i64()
-            .and_then(|x| usize::try_from(x).ok())
-            .ok_or_else(|| Self::wrong_type(key, "non-negative integer", v))
+        v.as_i64().and_then(|x| usize::try_from(x).ok()).ok_or_else(|| Self::wrong_type(key, "non-negative integer", v))
     }
 
     pub fn f32(&self, key: &str) -> Result<f32, GgufError> {
