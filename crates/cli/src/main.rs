@@ -1,1 +1,43 @@
-fn main() {}
+//! The `infinihip` command-line tool.
+
+mod args;
+mod bench;
+mod generate;
+mod info;
+mod load;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Parser;
+
+use args::{BenchCommand, Cli, Command};
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("infinihip: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { prompt, system, model, gen } => generate::run(&prompt, system.as_deref(), &model, &gen),
+        Command::Chat { system, model, gen } => generate::chat(system.as_deref(), &model, &gen),
+        Command::Complete { text, special, model, gen } => generate::complete(&text, special, &model, &gen),
+        Command::Tokenize { text, special, verbose, model } => info::tokenize(&text, special, verbose, &model),
+        Command::Info { model, all } => info::info(model, all),
+        Command::Fetch => {
+            let path = load::model_path(&args::ModelPath { model: None })?;
+            println!("{}", path.display());
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Cpu { prompt_tokens, gen_tokens, reps, json, model }) => {
+            bench::cpu(prompt_tokens, gen_tokens, reps, json.as_deref(), &model)
+        }
+    }
+}

@@ -1,1 +1,12 @@
+//! infinihip-engine: backends, the Llama forward pass, the paged KV cache and generation.
 
+pub mod backend;
+pub mod engine;
+pub mod generate;
+pub mod error;
+pub mod kv;
+pub mod model;
+pub mod text;
+
+pub use engine::{Engine, EngineOptions, LogitsWanted, StepInput};
+pub use error::EngineError;

@@ -1,0 +1,193 @@
+//! Command-line flags. Each flag is defined once here with its help text; `--help` and
+//! `docs/CLI.md` describe the same set.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use infinihip_core::sampling::SamplingParams;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "infinihip",
+    version,
+    about = "Long-context LLM inference: GGUF Llama-family models on the CPU",
+    long_about = "Long-context LLM inference for GGUF Llama-family models.\n\n\
+        With no --model, the default model (SmolLM2-135M-Instruct, Q4_1) is used, and fetched \
+        on first use into $XDG_CACHE_HOME/infinihip/models (else ~/.cache/infinihip/models)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// One chat turn: render PROMPT with the model's chat template and stream the reply.
+    Run {
+        /// The user message.
+        prompt: String,
+        /// A system message (default: the template's own, if it has one).
+        #[arg(long)]
+        system: Option<String>,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        gen: GenArgs,
+    },
+    /// An interactive multi-turn chat on stdin/stdout (`/reset` starts over, `/exit` or EOF ends).
+    Chat {
+        /// A system message (default: the template's own, if it has one).
+        #[arg(long)]
+        system: Option<String>,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        gen: GenArgs,
+    },
+    /// Raw continuation of TEXT, with no chat template.
+    Complete {
+        /// The text to continue.
+        text: String,
+        /// Parse special tokens such as <|im_start|> in TEXT.
+        #[arg(long)]
+        special: bool,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        gen: GenArgs,
+    },
+    /// Print the token ids of TEXT as a JSON array.
+    Tokenize {
+        text: String,
+        /// Match special tokens such as <|im_start|> whole instead of as plain text.
+        #[arg(long)]
+        special: bool,
+        /// Also print each token's text.
+        #[arg(long)]
+        verbose: bool,
+        #[command(flatten)]
+        model: ModelPath,
+    },
+    /// Describe a model file: architecture, sizes, tensor types, context length, chat template.
+    Info {
+        /// The GGUF file (default: as for --model).
+        model: Option<PathBuf>,
+        /// Print every metadata key.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Download the default model into the cache (nothing to do if it is already there).
+    Fetch,
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// CPU prefill and decode speed on the model (tokens/s, median over repetitions).
+    Cpu {
+        /// Prompt tokens to prefill.
+        #[arg(long, default_value_t = 512)]
+        prompt_tokens: usize,
+        /// Tokens to decode after the prompt.
+        #[arg(long, default_value_t = 128)]
+        gen_tokens: usize,
+        /// Repetitions; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Write the results as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+}
+
+/// Which model file to use.
+#[derive(Debug, Args, Clone)]
+pub struct ModelPath {
+    /// GGUF model file [default: $INFINIHIP_MODEL, else the default model]
+    #[arg(long, short = 'm', value_name = "PATH")]
+    pub model: Option<PathBuf>,
+}
+
+/// The model and how to run it.
+#[derive(Debug, Args, Clone)]
+pub struct ModelArgs {
+    #[command(flatten)]
+    pub path: ModelPath,
+    /// CPU threads [default: one per core]
+    #[arg(long, short = 't', default_value_t = 0, hide_default_value = true)]
+    pub threads: usize,
+    /// Most tokens per prefill step; bounds activation memory on long prompts.
+    #[arg(long, default_value_t = 512)]
+    pub prefill_chunk: usize,
+    /// Tokens per KV-cache page.
+    #[arg(long, default_value_t = 64)]
+    pub page_size: usize,
+    /// Most tokens (prompt and reply) a conversation may hold [default: the model's context
+    /// length, or the prompt plus --max-tokens if that is longer]
+    #[arg(long, value_name = "TOKENS")]
+    pub ctx_size: Option<usize>,
+}
+
+/// Generation length and sampling.
+#[derive(Debug, Args, Clone)]
+pub struct GenArgs {
+    /// Most tokens to generate.
+    #[arg(long, short = 'n', default_value_t = 512)]
+    pub max_tokens: usize,
+    /// Softmax temperature; 0 picks the most likely token every time (greedy).
+    #[arg(long, default_value_t = SamplingParams::DEFAULT.temperature)]
+    pub temperature: f32,
+    /// Keep the K most likely tokens (0 = off).
+    #[arg(long, default_value_t = SamplingParams::DEFAULT.top_k)]
+    pub top_k: usize,
+    /// Nucleus sampling: keep the most likely tokens up to this total probability (1 = off).
+    #[arg(long, default_value_t = SamplingParams::DEFAULT.top_p)]
+    pub top_p: f32,
+    /// Drop tokens less likely than MIN_P times the most likely one (0 = off).
+    #[arg(long, default_value_t = SamplingParams::DEFAULT.min_p)]
+    pub min_p: f32,
+    /// Penalise tokens seen in the last --repeat-last-n tokens (1 = off).
+    #[arg(long, default_value_t = SamplingParams::DEFAULT.repetition_penalty)]
+    pub repeat_penalty: f32,
+    /// How many recent tokens the repetition penalty looks at.
+    #[arg(long, default_value_t = SamplingParams::DEFAULT.repeat_last_n)]
+    pub repeat_last_n: usize,
+    /// Subtracted from the logit of every token already present (OpenAI semantics; 0 = off).
+    #[arg(long, default_value_t = SamplingParams::DEFAULT.presence_penalty)]
+    pub presence_penalty: f32,
+    /// Subtracted from a token's logit once per occurrence so far (OpenAI semantics; 0 = off).
+    #[arg(long, default_value_t = SamplingParams::DEFAULT.frequency_penalty)]
+    pub frequency_penalty: f32,
+    /// Random seed: the same seed and inputs give the same output.
+    #[arg(long, default_value_t = SamplingParams::DEFAULT.seed)]
+    pub seed: u64,
+    /// Stop when the output contains this string (not printed); may be repeated.
+    #[arg(long = "stop", value_name = "TEXT")]
+    pub stops: Vec<String>,
+    /// Keep generating after the end-of-sequence / end-of-turn token.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Print no timing line on stderr.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+impl GenArgs {
+    pub fn sampling(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repeat_penalty,
+            repeat_last_n: self.repeat_last_n,
+            seed: self.seed,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! The `Backend` trait: every operation the model needs, implemented by each device.
+//!
+//! `model::llama` is written once against this trait and never branches on the device. The CPU
+//! backend (`cpu`) is the readable reference that other backends are tested against.
+//!
+//! Activations are row-major `[rows, cols]` matrices, one row per token of the step. Weights are
+//! `[n_out, n_in]` matrices (GGUF row order), so `matmul` computes `Y = X · Wᵀ`.
+
+pub mod cpu;
+
+use std::sync::Arc;
+
+use infinihip_core::gguf::{GgufFile, TensorInfo};
+use infinihip_core::rope::RopeConfig;
+
+use crate::error::EngineError;
+use crate::kv::{KvLayout, PageId};
+
+/// A tensor of a GGUF file that a backend may borrow (CPU, zero-copy) or copy (GPU).
+#[derive(Clone)]
+pub struct TensorRef {
+    file: Arc<GgufFile>,
+    info: TensorInfo,
+}
+
+impl TensorRef {
+    pub fn new(file: Arc<GgufFile>, name: &str) -> Result<Self, EngineError> {
+        let info = file.tensor(name)?.clone();
+        if !info.ty.is_supported() {
+            return Err(EngineError::UnsupportedTensorType { tensor: info.name.clone(), ty: info.ty.name() });
+        }
+        Ok(Self { file, info })
+    }
+
+    pub fn info(&self) -> &TensorInfo {
+        &self.info
+    }
+
+    pub fn name(&self) -> &str {
+        &self.info.name
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        self.file.tensor_data(&self.info)
+    }
+}
+
+/// One sequence's share of a forward step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeqSlice {
+    /// First activation row of this sequence's new tokens.
+    pub row_start: usize,
+    /// Number of new tokens (1 for a decode step).
+    pub n_tokens: usize,
+    /// Position of the first new token; positions `0..pos_start` are already in the cache.
+    pub pos_start: usize,
+    /// This sequence's pages are `plan.page_ids[page_start..page_end]`, in position order, and
+    /// cover at least `pos_start + n_tokens` positions.
+    pub page_start: usize,
+    pub page_end: usize,
+}
+
+impl SeqSlice {
+    /// Positions after this step.
+    pub fn end_pos(&self) -> usize {
+        self.pos_start + self.n_tokens
+    }
+}
+
+/// What a forward step computes: the sequences, their new tokens and their page tables, laid
+/// out once per step and shared by every layer (a CSR-style page table).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchPlan {
+    pub seqs: Vec<SeqSlice>,
+    pub page_ids: Vec<PageId>,
+    pub page_size: usize,
+}
+
+impl BatchPlan {
+    /// Total activation rows (new tokens over all sequences).
+    pub fn n_rows(&self) -> usize {
+        self.seqs.iter().map(|s| s.n_tokens).sum()
+    }
+
+    pub fn pages(&self, seq: &SeqSlice) -> &[PageId] {
+        &self.page_ids[seq.page_start..seq.page_end]
+    }
+
+    /// The page and the slot inside it that hold position `pos` of `seq`.
+    pub fn locate(&self, seq: &SeqSlice, pos: usize) -> (PageId, usize) {
+        (self.pages(seq)[pos / self.page_size], pos % self.page_size)
+    }
+
+    /// The largest position any sequence reaches after the step.
+    pub fn max_end_pos(&self) -> usize {
+        self.seqs.iter().map(SeqSlice::end_pos).max().unwrap_or(0)
+    }
+}
+
+/// Per-layer attention settings that do not change between steps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionShape {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    /// Multiplies q·k before the softmax (1/√d).
+    pub scale: f32,
+}
+
+/// Every operation of a Llama-family forward pass.
+///
+/// Shapes are checked by the implementation; a mismatch is an `EngineError::Shape` naming the op.
+pub trait Backend: Send + Sync {
+    /// A weight matrix `[n_out, n_in]`.
+    type Matrix: Send + Sync;
+    /// A vector of f32 parameters (norm weights, biases).
+    type Vector: Send + Sync;
+    /// An activation matrix `[rows, cols]`.
+    type Act: Send;
+    /// Storage of K and V for every page of the pool.
+    type KvStore: Send;
+    /// Whatever the backend needs to apply RoPE (cos/sin tables).
+    type Rope: Send + Sync;
+
+    fn name(&self) -> &'static str;
+
+    fn load_matrix(&self, tensor: &TensorRef) -> Result<Self::Matrix, EngineError>;
+    fn load_vector(&self, values: &[f32]) -> Result<Self::Vector, EngineError>;
+    fn new_kv_store(&self, layout: KvLayout, capacity_pages: usize) -> Result<Self::KvStore, EngineError>;
+    fn new_rope(&self, config: &RopeConfig) -> Result<Self::Rope, EngineError>;
+    /// Makes the RoPE tables cover positions `0..n_positions`.
+    fn ensure_rope(&self, rope: &mut Self::Rope, n_positions: usize) -> Result<(), EngineError>;
+
+    /// A zeroed activation matrix.
+    fn new_act(&self, rows: usize, cols: usize) -> Result<Self::Act, EngineError>;
+    /// Reshapes within the allocation made by `new_act` (rows may shrink or grow up to it).
+    fn set_rows(&self, act: &mut Self::Act, rows: usize) -> Result<(), EngineError>;
+    /// Copies an activation matrix to host memory.
+    fn to_host(&self, act: &Self::Act) -> Result<Vec<f32>, EngineError>;
+
+    /// `out[t] = table[tokens[t]]`.
+    fn embed(&self, table: &Self::Matrix, tokens: &[u32], out: &mut Self::Act) -> Result<(), EngineError>;
+    /// `out[t] = x[t] / rms(x[t]) · weight`.
+    fn rms_norm(&self, x: &Self::Act, weight: &Self::Vector, eps: f32, out: &mut Self::Act) -> Result<(), EngineError>;
+    /// `out = x · wᵀ`.
+    fn matmul(&self, x: &Self::Act, w: &Self::Matrix, out: &mut Self::Act) -> Result<(), EngineError>;
+    /// `x[t] += bias`.
+    fn add_bias(&self, x: &mut Self::Act, bias: &Self::Vector) -> Result<(), EngineError>;
+    /// `x += y`.
+    fn add_assign(&self, x: &mut Self::Act, y: &Self::Act) -> Result<(), EngineError>;
+    /// `gate = silu(gate) · up` (SwiGLU).
+    fn swiglu(&self, gate: &mut Self::Act, up: &Self::Act) -> Result<(), EngineError>;
+    /// Copies rows `rows[i]` of `x` into row `i` of `out`.
+    fn gather_rows(&self, x: &Self::Act, rows: &[usize], out: &mut Self::Act) -> Result<(), EngineError>;
+
+    /// Stores the step's un-rotated keys and values of `layer` into the pages of the plan.
+    fn kv_write(
+        &self,
+        store: &mut Self::KvStore,
+        layer: usize,
+        k: &Self::Act,
+        v: &Self::Act,
+        plan: &BatchPlan,
+    ) -> Result<(), EngineError>;
+
+    /// Dense causal attention of the step's (un-rotated) queries over every cached position of
+    /// their sequence, the step's own included. RoPE is applied inside with true positions.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        store: &Self::KvStore,
+        layer: usize,
+        q: &Self::Act,
+        plan: &BatchPlan,
+        shape: AttentionShape,
+        rope: &Self::Rope,
+        out: &mut Self::Act,
+    ) -> Result<(), EngineError>;
+}
