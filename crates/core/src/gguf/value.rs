@@ -127,6 +127,25 @@ impl Array {
         }
     }
 
+    /// The type tag of the elements, as written in the file.
+    pub fn element_value_type(&self) -> ValueType {
+        match self {
+            Array::U8(_) => ValueType::U8,
+            Array::I8(_) => ValueType::I8,
+            Array::U16(_) => ValueType::U16,
+            Array::I16(_) => ValueType::I16,
+            Array::U32(_) => ValueType::U32,
+            Array::I32(_) => ValueType::I32,
+            Array::U64(_) => ValueType::U64,
+            Array::I64(_) => ValueType::I64,
+            Array::F32(_) => ValueType::F32,
+            Array::F64(_) => ValueType::F64,
+            Array::Bool(_) => ValueType::Bool,
+            Array::String(_) => ValueType::String,
+            Array::Array(_) => ValueType::Array,
+        }
+    }
+
     /// Integer elements widened to i64, whatever their stored width.
     pub fn to_i64_vec(&self) -> Option<Vec<i64>> {
         Some(match self {
@@ -169,6 +188,25 @@ impl Value {
             Value::Bool(_) => "bool",
             Value::String(_) => "string",
             Value::Array(_) => "array",
+        }
+    }
+
+    /// The type tag, as written in the file.
+    pub fn value_type(&self) -> ValueType {
+        match self {
+            Value::U8(_) => ValueType::U8,
+            Value::I8(_) => ValueType::I8,
+            Value::U16(_) => ValueType::U16,
+            Value::I16(_) => ValueType::I16,
+            Value::U32(_) => ValueType::U32,
+            Value::I32(_) => ValueType::I32,
+            Value::U64(_) => ValueType::U64,
+            Value::I64(_) => ValueType::I64,
+            Value::F32(_) => ValueType::F32,
+            Value::F64(_) => ValueType::F64,
+            Value::Bool(_) => ValueType::Bool,
+            Value::String(_) => ValueType::String,
+            Value::Array(_) => ValueType::Array,
         }
     }
 
