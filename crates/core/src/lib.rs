@@ -3,5 +3,7 @@
 //! GGUF reading and dequantisation, the tokenizer and chat template, model configuration and
 //! sampling. Everything here is plain Rust, usable by the CPU and CUDA backends alike.
 
+pub mod chat;
 pub mod gguf;
 pub mod quant;
+pub mod tokenizer;
