@@ -3,7 +3,9 @@
 //! GGUF reading and dequantisation, the tokenizer and chat template, model configuration and
 //! sampling. Everything here is plain Rust, usable by the CPU and CUDA backends alike.
 
+pub mod chat;
 pub mod gguf;
 pub mod model_config;
 pub mod quant;
 pub mod rope;
+pub mod tokenizer;
