@@ -4,4 +4,6 @@
 //! sampling. Everything here is plain Rust, usable by the CPU and CUDA backends alike.
 
 pub mod gguf;
+pub mod model_store;
 pub mod quant;
+pub mod sampling;
