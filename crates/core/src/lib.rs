@@ -6,6 +6,8 @@
 pub mod chat;
 pub mod gguf;
 pub mod model_config;
+pub mod model_store;
 pub mod quant;
 pub mod rope;
+pub mod sampling;
 pub mod tokenizer;
