@@ -26,8 +26,6 @@
 //! [`StopMatcher`] holds back streamed text that might be the start of a stop string, so a stop
 //! string split across tokens is never emitted partially, and the stop string itself never is.
 
-use std::cmp::Ordering;
-
 use serde::{Deserialize, Serialize};
 
 /// A sampling parameter outside its valid range.
@@ -35,11 +33,7 @@ use serde::{Deserialize, Serialize};
 #[non_exhaustive]
 pub enum SamplingError {
     #[error("sampling parameter `{field}` = {value} is invalid: expected {expected}")]
-    InvalidParam {
-        field: &'static str,
-        value: f32,
-        expected: &'static str,
-    },
+    InvalidParam { field: &'static str, value: f32, expected: &'static str },
 }
 
 /// How to pick the next token. Each filter has a value that switches it off (given per field).
@@ -103,30 +97,15 @@ impl SamplingParams {
                 self.temperature >= 0.0 && self.temperature.is_finite(),
                 "a finite number >= 0 (0 = greedy)",
             ),
-            (
-                "top_p",
-                self.top_p,
-                self.top_p > 0.0 && self.top_p <= 1.0,
-                "a number in (0, 1] (1 = off)",
-            ),
-            (
-                "min_p",
-                self.min_p,
-                (0.0..=1.0).contains(&self.min_p),
-                "a number in [0, 1] (0 = off)",
-            ),
+            ("top_p", self.top_p, self.top_p > 0.0 && self.top_p <= 1.0, "a number in (0, 1] (1 = off)"),
+            ("min_p", self.min_p, (0.0..=1.0).contains(&self.min_p), "a number in [0, 1] (0 = off)"),
             (
                 "repetition_penalty",
                 self.repetition_penalty,
                 self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite(),
                 "a finite number > 0 (1 = off)",
             ),
-            (
-                "presence_penalty",
-                self.presence_penalty,
-                self.presence_penalty.is_finite(),
-                "a finite number (0 = off)",
-            ),
+            ("presence_penalty", self.presence_penalty, self.presence_penalty.is_finite(), "a finite number (0 = off)"),
             (
                 "frequency_penalty",
                 self.frequency_penalty,
@@ -135,11 +114,7 @@ impl SamplingParams {
             ),
         ];
         match checks.into_iter().find(|&(_, _, ok, _)| !ok) {
-            Some((field, value, _, expected)) => Err(SamplingError::InvalidParam {
-                field,
-                value,
-                expected,
-            }),
+            Some((field, value, _, expected)) => Err(SamplingError::InvalidParam { field, value, expected }),
             None => Ok(()),
         }
     }
@@ -168,9 +143,7 @@ impl Xoshiro256 {
             z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
             z ^ (z >> 31)
         };
-        Self {
-            state: [next(), next(), next(), next()],
-        }
+        Self { state: [next(), next(), next(), next()] }
     }
 
     fn next_u64(&mut self) -> u64 {
@@ -201,24 +174,52 @@ struct Candidate {
     weight: f32,
 }
 
-/// Best first: higher logit, then lower id, so ties resolve the way greedy argmax does.
-/// Logits are NaN-free by the time candidates exist.
-fn best_first(a: &Candidate, b: &Candidate) -> Ordering {
-    b.logit
-        .partial_cmp(&a.logit)
-        .unwrap_or(Ordering::Equal)
-        .then(a.id.cmp(&b.id))
+/// Sort key that puts candidates best first: higher logit, then lower id, so ties resolve the
+/// way greedy argmax does. One integer compare instead of a float compare and a tie-break
+/// keeps the selects and sorts over a large vocabulary cheap.
+///
+/// High half: the logit's bits mapped so that unsigned order is descending float order
+/// (`+ 0.0` turns −0 into +0 so the two tie, as they do for `>`). Logits are NaN-free here.
+fn best_first(c: &Candidate) -> u64 {
+    let bits = (c.logit + 0.0).to_bits();
+    let ascending = if bits >> 31 == 1 { !bits } else { bits | 0x8000_0000 };
+    (u64::from(!ascending) << 32) | u64::from(c.id)
 }
 
 /// Index of the largest logit, the lowest one among equal maxima (as [`best_first`] orders).
 fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
+    let mut best = (0, f32::NEG_INFINITY);
     for (i, &logit) in logits.iter().enumerate() {
-        if logit > logits[best] {
-            best = i;
+        if logit > best.1 {
+            best = (i, logit);
         }
     }
-    best as u32
+    best.0 as u32
+}
+
+/// Fills `candidates` with the `k` best logits (by [`best_first`]), in no particular order;
+/// `0 < k < logits.len()`.
+///
+/// One pass with a rising bar: tokens go into a buffer of up to 2k, which is cut back to its k
+/// best whenever it fills, and the k-th best logit becomes the bar a later token must beat. A
+/// token equal to the bar loses, since its id is higher than the kept one's. Most tokens cost
+/// one comparison, and nothing of vocabulary size is built.
+fn collect_top_k(candidates: &mut Vec<Candidate>, logits: &[f32], k: usize) {
+    let mut bar = f32::NEG_INFINITY;
+    for (id, &logit) in logits.iter().enumerate() {
+        if candidates.len() < k || logit > bar {
+            candidates.push(Candidate { id: id as u32, logit, weight: 0.0 });
+            if candidates.len() == 2 * k {
+                candidates.select_nth_unstable_by_key(k - 1, best_first);
+                candidates.truncate(k);
+                bar = candidates[k - 1].logit;
+            }
+        }
+    }
+    if candidates.len() > k {
+        candidates.select_nth_unstable_by_key(k - 1, best_first);
+        candidates.truncate(k);
+    }
 }
 
 /// First sorted batch of the nucleus search. Peaked distributions usually reach `top_p`
@@ -229,18 +230,20 @@ const NUCLEUS_FIRST_BATCH: usize = 64;
 /// then truncates them to the smallest such prefix (always keeping one). If the whole set falls
 /// short, which rounding can cause, every candidate stays.
 ///
-/// Each round selects the next batch with `select_nth_unstable_by` (linear) and sorts only that
+/// Each round selects the next batch with `select_nth_unstable_by_key` (linear) and sorts only that
 /// batch, so a 150k vocabulary with a peaked distribution costs O(vocab), not O(vocab·log vocab).
 fn keep_nucleus(candidates: &mut Vec<Candidate>, mass: f64) {
     let mut sorted = 0;
     let mut batch = NUCLEUS_FIRST_BATCH;
     let mut cumulative = 0.0f64;
     while sorted < candidates.len() {
-        let end = (sorted + batch).min(candidates.len());
+        // Once a batch would cover half of what is left, one sort of the rest is cheaper.
+        let rest = candidates.len() - sorted;
+        let end = if 2 * batch >= rest { candidates.len() } else { sorted + batch };
         if end < candidates.len() {
-            candidates[sorted..].select_nth_unstable_by(end - sorted - 1, best_first);
+            candidates[sorted..].select_nth_unstable_by_key(end - sorted - 1, best_first);
         }
-        candidates[sorted..end].sort_unstable_by(best_first);
+        candidates[sorted..end].sort_unstable_by_key(best_first);
         for i in sorted..end {
             cumulative += f64::from(candidates[i].weight);
             if cumulative >= mass {
@@ -270,12 +273,7 @@ impl Sampler {
     /// A sampler with its PRNG seeded from `params.seed`; rejects invalid parameters.
     pub fn new(params: SamplingParams) -> Result<Self, SamplingError> {
         params.validate()?;
-        Ok(Self {
-            params,
-            rng: Xoshiro256::from_seed(params.seed),
-            candidates: Vec::new(),
-            token_counts: Vec::new(),
-        })
+        Ok(Self { params, rng: Xoshiro256::from_seed(params.seed), candidates: Vec::new(), token_counts: Vec::new() })
     }
 
     pub fn params(&self) -> &SamplingParams {
@@ -330,11 +328,7 @@ impl Sampler {
                 if counts[t] == 0 {
                     counts[t] = 1;
                     let logit = &mut logits[t];
-                    *logit = if *logit > 0.0 {
-                        *logit / p.repetition_penalty
-                    } else {
-                        *logit * p.repetition_penalty
-                    };
+                    *logit = if *logit > 0.0 { *logit / p.repetition_penalty } else { *logit * p.repetition_penalty };
                 }
             }
             for t in window.iter().filter(|t| in_vocab(t)).map(|&t| t as usize) {
@@ -362,48 +356,51 @@ impl Sampler {
     ///
     /// min-p runs before top-p here, on the same weights: both keep a best-first prefix, and
     /// renormalising after top-p does not change a token's ratio to the best one, so the kept
-    /// set is the same in either order. Filtering by min-p first leaves top-p less to sort.
+    /// set is the same in either order. Filtering by min-p first leaves top-p less to sort, and
+    /// without top-k it means a token below min-p never becomes a candidate at all.
     fn select_candidates(&mut self, logits: &[f32]) {
         let p = self.params;
         let candidates = &mut self.candidates;
         candidates.clear();
-        candidates.extend(logits.iter().enumerate().map(|(id, &logit)| Candidate {
-            id: id as u32,
-            logit,
-            weight: 0.0,
-        }));
-
-        if p.top_k > 0 && p.top_k < candidates.len() {
-            candidates.select_nth_unstable_by(p.top_k - 1, best_first);
-            candidates.truncate(p.top_k);
-        }
-
-        let max_logit = candidates
-            .iter()
-            .map(|c| c.logit)
-            .fold(f32::NEG_INFINITY, f32::max);
+        // The top-k set always holds the best logit, so this is its maximum too.
+        let max_logit = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         if max_logit == f32::NEG_INFINITY {
-            candidates.clear();
             return;
         }
         let inv_temperature = 1.0 / p.temperature;
-        let mut total_weight = 0.0f64;
-        for c in candidates.iter_mut() {
-            c.weight = if max_logit == f32::INFINITY {
+        let weight_of = |logit: f32| {
+            if max_logit == f32::INFINITY {
                 // Infinite logits share all the probability; `inf − inf` would be NaN.
-                if c.logit == f32::INFINITY {
+                if logit == f32::INFINITY {
                     1.0
                 } else {
                     0.0
                 }
             } else {
-                ((c.logit - max_logit) * inv_temperature).exp()
-            };
-            total_weight += f64::from(c.weight);
+                ((logit - max_logit) * inv_temperature).exp()
+            }
+        };
+        // Weight-0 tokens can never be drawn, so they are dropped with those below min-p.
+        let keep = |weight: f32| weight > 0.0 && weight >= p.min_p;
+
+        let mut total_weight = 0.0f64;
+        if p.top_k > 0 && p.top_k < logits.len() {
+            collect_top_k(candidates, logits, p.top_k);
+            for c in candidates.iter_mut() {
+                c.weight = weight_of(c.logit);
+                total_weight += f64::from(c.weight);
+            }
+            candidates.retain(|c| keep(c.weight));
+        } else {
+            for (id, &logit) in logits.iter().enumerate() {
+                let weight = weight_of(logit);
+                total_weight += f64::from(weight);
+                if keep(weight) {
+                    candidates.push(Candidate { id: id as u32, logit, weight });
+                }
+            }
         }
 
-        // Weight-0 tokens can never be drawn; dropping them keeps the top-p sort small.
-        candidates.retain(|c| c.weight > 0.0 && c.weight >= p.min_p);
         if p.top_p < 1.0 {
             keep_nucleus(candidates, f64::from(p.top_p) * total_weight);
         }
@@ -412,7 +409,8 @@ impl Sampler {
     /// Step 9: one draw from the candidates in proportion to their weights.
     fn draw(&mut self) -> Option<u32> {
         let total: f64 = self.candidates.iter().map(|c| f64::from(c.weight)).sum();
-        if !(total > 0.0) {
+        // Candidates all have positive weight, so only an empty set sums to 0.
+        if total <= 0.0 {
             return None;
         }
         let mut target = self.rng.next_unit() * total;
@@ -424,11 +422,7 @@ impl Sampler {
             target -= weight;
         }
         // Rounding can leave `target` just past the last weight; the last token was then meant.
-        self.candidates
-            .iter()
-            .rev()
-            .find(|c| c.weight > 0.0)
-            .map(|c| c.id)
+        self.candidates.iter().rev().find(|c| c.weight > 0.0).map(|c| c.id)
     }
 }
 
@@ -462,16 +456,8 @@ impl StopMatcher {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let stops = stops
-            .into_iter()
-            .map(Into::into)
-            .filter(|s: &String| !s.is_empty())
-            .collect();
-        Self {
-            stops,
-            held: String::new(),
-            stopped: false,
-        }
+        let stops = stops.into_iter().map(Into::into).filter(|s: &String| !s.is_empty()).collect();
+        Self { stops, held: String::new(), stopped: false }
     }
 
     /// Whether a stop string has matched; later chunks are then swallowed.
@@ -482,28 +468,19 @@ impl StopMatcher {
     /// Takes the next chunk of text and returns what may be emitted now.
     pub fn feed(&mut self, chunk: &str) -> StopScan {
         if self.stopped {
-            return StopScan {
-                emit: String::new(),
-                stopped: true,
-            };
+            return StopScan { emit: String::new(), stopped: true };
         }
         self.held.push_str(chunk);
 
         if let Some(start) = self.first_complete_stop() {
             self.held.truncate(start);
             self.stopped = true;
-            return StopScan {
-                emit: std::mem::take(&mut self.held),
-                stopped: true,
-            };
+            return StopScan { emit: std::mem::take(&mut self.held), stopped: true };
         }
 
         let keep_from = self.held.len() - self.longest_partial_stop();
         let still_held = self.held.split_off(keep_from);
-        StopScan {
-            emit: std::mem::replace(&mut self.held, still_held),
-            stopped: false,
-        }
+        StopScan { emit: std::mem::replace(&mut self.held, still_held), stopped: false }
     }
 
     /// Ends the stream: returns the text held back as a possible stop prefix (empty after a
@@ -518,11 +495,7 @@ impl StopMatcher {
     fn first_complete_stop(&self) -> Option<usize> {
         self.stops
             .iter()
-            .filter_map(|stop| {
-                self.held
-                    .find(stop.as_str())
-                    .map(|start| (start + stop.len(), stop.len()))
-            })
+            .filter_map(|stop| self.held.find(stop.as_str()).map(|start| (start + stop.len(), stop.len())))
             .min_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)))
             .map(|(end, len)| end - len)
     }
@@ -536,9 +509,7 @@ impl StopMatcher {
             .iter()
             .filter_map(|stop| {
                 let stop = stop.as_bytes();
-                (1..stop.len().min(held.len() + 1))
-                    .rev()
-                    .find(|&k| held.ends_with(&stop[..k]))
+                (1..stop.len().min(held.len() + 1)).rev().find(|&k| held.ends_with(&stop[..k]))
             })
             .max()
             .unwrap_or(0)
@@ -589,19 +560,13 @@ mod tests {
             let mut scratch = logits.to_vec();
             counts[s.sample(&mut scratch, &[]) as usize] += 1;
         }
-        counts
-            .into_iter()
-            .map(|c| c as f64 / draws as f64)
-            .collect()
+        counts.into_iter().map(|c| c as f64 / draws as f64).collect()
     }
 
     fn assert_frequencies(found: &[f64], expected: &[f64]) {
         // 20,000 draws: one standard deviation is at most 0.0035, so 0.02 is over 5 sigma.
         for (id, (f, e)) in found.iter().zip(expected).enumerate() {
-            assert!(
-                (f - e).abs() < 0.02,
-                "token {id}: frequency {f:.4}, expected {e:.4} (all: {found:?})"
-            );
+            assert!((f - e).abs() < 0.02, "token {id}: frequency {f:.4}, expected {e:.4} (all: {found:?})");
         }
     }
 
@@ -614,36 +579,21 @@ mod tests {
     fn prng_matches_reference_outputs() {
         // splitmix64 from seed 0 is the published 0xe220a8397b1dcdaf; the xoshiro256** outputs
         // for seed 42 come from an independent Python implementation of the reference C code.
-        let rng = Xoshiro256::from_seed(0);
-        let first_state_word = rng.state[0];
-        assert_eq!(first_state_word, 0xe220_a839_7b1d_cdaf);
+        assert_eq!(Xoshiro256::from_seed(0).state[0], 0xe220_a839_7b1d_cdaf);
         let mut rng = Xoshiro256::from_seed(42);
         let outputs: Vec<u64> = (0..4).map(|_| rng.next_u64()).collect();
         assert_eq!(
             outputs,
-            [
-                0x1578_0b2e_0c2e_c716,
-                0x6104_d986_6d11_3a7e,
-                0xae17_5332_39e4_99a1,
-                0xecb8_ad47_03b3_60a1
-            ]
+            [0x1578_0b2e_0c2e_c716, 0x6104_d986_6d11_3a7e, 0xae17_5332_39e4_99a1, 0xecb8_ad47_03b3_60a1]
         );
     }
 
     #[test]
     fn defaults_are_the_documented_values_and_valid() {
         let d = SamplingParams::default();
+        assert_eq!((d.temperature, d.top_k, d.top_p, d.min_p), (0.8, 40, 0.95, 0.05));
         assert_eq!(
-            (d.temperature, d.top_k, d.top_p, d.min_p),
-            (0.8, 40, 0.95, 0.05)
-        );
-        assert_eq!(
-            (
-                d.repetition_penalty,
-                d.repeat_last_n,
-                d.presence_penalty,
-                d.frequency_penalty
-            ),
+            (d.repetition_penalty, d.repeat_last_n, d.presence_penalty, d.frequency_penalty),
             (1.0, 64, 0.0, 0.0)
         );
         assert_eq!(d.validate(), Ok(()));
@@ -652,105 +602,26 @@ mod tests {
     #[test]
     fn validation_names_the_field_and_value() {
         let bad: [(SamplingParams, &str, &str); 10] = [
-            (
-                SamplingParams {
-                    temperature: -0.5,
-                    ..plain()
-                },
-                "temperature",
-                "-0.5",
-            ),
-            (
-                SamplingParams {
-                    temperature: f32::NAN,
-                    ..plain()
-                },
-                "temperature",
-                "NaN",
-            ),
-            (
-                SamplingParams {
-                    temperature: f32::INFINITY,
-                    ..plain()
-                },
-                "temperature",
-                "inf",
-            ),
-            (
-                SamplingParams {
-                    top_p: 0.0,
-                    ..plain()
-                },
-                "top_p",
-                "= 0",
-            ),
-            (
-                SamplingParams {
-                    top_p: 1.5,
-                    ..plain()
-                },
-                "top_p",
-                "1.5",
-            ),
-            (
-                SamplingParams {
-                    min_p: -0.1,
-                    ..plain()
-                },
-                "min_p",
-                "-0.1",
-            ),
-            (
-                SamplingParams {
-                    min_p: 1.01,
-                    ..plain()
-                },
-                "min_p",
-                "1.01",
-            ),
-            (
-                SamplingParams {
-                    repetition_penalty: 0.0,
-                    ..plain()
-                },
-                "repetition_penalty",
-                "= 0",
-            ),
-            (
-                SamplingParams {
-                    presence_penalty: f32::NAN,
-                    ..plain()
-                },
-                "presence_penalty",
-                "NaN",
-            ),
-            (
-                SamplingParams {
-                    frequency_penalty: f32::NEG_INFINITY,
-                    ..plain()
-                },
-                "frequency_penalty",
-                "-inf",
-            ),
+            (SamplingParams { temperature: -0.5, ..plain() }, "temperature", "-0.5"),
+            (SamplingParams { temperature: f32::NAN, ..plain() }, "temperature", "NaN"),
+            (SamplingParams { temperature: f32::INFINITY, ..plain() }, "temperature", "inf"),
+            (SamplingParams { top_p: 0.0, ..plain() }, "top_p", "= 0"),
+            (SamplingParams { top_p: 1.5, ..plain() }, "top_p", "1.5"),
+            (SamplingParams { min_p: -0.1, ..plain() }, "min_p", "-0.1"),
+            (SamplingParams { min_p: 1.01, ..plain() }, "min_p", "1.01"),
+            (SamplingParams { repetition_penalty: 0.0, ..plain() }, "repetition_penalty", "= 0"),
+            (SamplingParams { presence_penalty: f32::NAN, ..plain() }, "presence_penalty", "NaN"),
+            (SamplingParams { frequency_penalty: f32::NEG_INFINITY, ..plain() }, "frequency_penalty", "-inf"),
         ];
         for (params, field, value) in bad {
             let message = match params.validate() {
                 Err(e) => e.to_string(),
                 Ok(()) => panic!("{field} should be rejected in {params:?}"),
             };
-            assert!(
-                message.contains(&format!("`{field}`")) && message.contains(value),
-                "{message}"
-            );
+            assert!(message.contains(&format!("`{field}`")) && message.contains(value), "{message}");
             assert!(Sampler::new(params).is_err());
         }
-        let edges = SamplingParams {
-            temperature: 0.0,
-            top_p: 1.0,
-            min_p: 1.0,
-            frequency_penalty: -2.0,
-            ..plain()
-        };
+        let edges = SamplingParams { temperature: 0.0, top_p: 1.0, min_p: 1.0, frequency_penalty: -2.0, ..plain() };
         assert_eq!(edges.validate(), Ok(()));
     }
 
@@ -759,9 +630,7 @@ mod tests {
         let logits = vec![0.0f32; 1000];
         let run = |seed| {
             let mut s = sampler(SamplingParams { seed, ..plain() });
-            (0..100)
-                .map(|_| s.sample(&mut logits.clone(), &[]))
-                .collect::<Vec<u32>>()
+            (0..100).map(|_| s.sample(&mut logits.clone(), &[])).collect::<Vec<u32>>()
         };
         assert_eq!(run(7), run(7));
         assert_ne!(run(7), run(8));
@@ -769,21 +638,14 @@ mod tests {
 
     #[test]
     fn greedy_takes_the_argmax_with_ties_to_the_lowest_id() {
-        let mut s = sampler(SamplingParams {
-            temperature: 0.0,
-            ..SamplingParams::DEFAULT
-        });
+        let mut s = sampler(SamplingParams { temperature: 0.0, ..SamplingParams::DEFAULT });
         assert_eq!(s.sample(&mut [1.0, 3.0, 2.0, 3.0], &[]), 1);
         assert_eq!(s.sample(&mut [-5.0, -1.0, -3.0], &[]), 1);
     }
 
     #[test]
     fn greedy_happens_after_penalties() {
-        let params = SamplingParams {
-            temperature: 0.0,
-            repetition_penalty: 2.0,
-            ..plain()
-        };
+        let params = SamplingParams { temperature: 0.0, repetition_penalty: 2.0, ..plain() };
         // Token 0 was just seen: 5 / 2 = 2.5 loses to 4.
         assert_eq!(sampler(params).sample(&mut [5.0, 4.0], &[0]), 1);
     }
@@ -791,66 +653,47 @@ mod tests {
     #[test]
     fn top_k_one_equals_greedy() {
         let mut rng = Xoshiro256::from_seed(3);
-        let mut greedy = sampler(SamplingParams {
-            temperature: 0.0,
-            ..plain()
-        });
-        let mut top1 = sampler(SamplingParams {
-            top_k: 1,
-            temperature: 1.5,
-            ..plain()
-        });
+        let mut greedy = sampler(SamplingParams { temperature: 0.0, ..plain() });
+        let mut top1 = sampler(SamplingParams { top_k: 1, temperature: 1.5, ..plain() });
         for round in 0..50 {
             // Coarse values make ties common.
-            let logits: Vec<f32> = (0..5000)
-                .map(|_| (rng.next_unit() * 20.0).floor() as f32)
-                .collect();
+            let logits: Vec<f32> = (0..5000).map(|_| (rng.next_unit() * 20.0).floor() as f32).collect();
             let expected = greedy.sample(&mut logits.clone(), &[]);
-            assert_eq!(
-                top1.sample(&mut logits.clone(), &[]),
-                expected,
-                "round {round}"
-            );
+            assert_eq!(top1.sample(&mut logits.clone(), &[]), expected, "round {round}");
         }
     }
 
     #[test]
     fn top_k_keeps_the_k_best() {
         let logits = [0.5f32, 3.0, -1.0, 2.0, 2.5, 0.0];
-        assert_eq!(
-            kept_ids(
-                SamplingParams {
-                    top_k: 3,
-                    ..plain()
-                },
-                &logits
-            ),
-            [1, 3, 4]
-        );
-        assert_eq!(
-            kept_ids(
-                SamplingParams {
-                    top_k: 100,
-                    ..plain()
-                },
-                &logits
-            ),
-            [0, 1, 2, 3, 4, 5]
-        );
+        assert_eq!(kept_ids(SamplingParams { top_k: 3, ..plain() }, &logits), [1, 3, 4]);
+        assert_eq!(kept_ids(SamplingParams { top_k: 100, ..plain() }, &logits), [0, 1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn top_k_on_a_large_vocabulary_with_ties_matches_a_full_sort() {
+        let mut rng = Xoshiro256::from_seed(11);
+        // 50 distinct values, negative and positive, over 50k tokens: ties decide who is in.
+        let logits: Vec<f32> = (0..50_000).map(|_| (rng.next_unit() * 50.0).floor() as f32 - 25.0).collect();
+        // A stable sort by logit alone keeps equal logits in id order.
+        let mut by_rank: Vec<u32> = (0..logits.len() as u32).collect();
+        by_rank.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+        for k in [1, 7, 40, 1000] {
+            let mut candidates = Vec::new();
+            collect_top_k(&mut candidates, &logits, k);
+            let mut found: Vec<u32> = candidates.iter().map(|c| c.id).collect();
+            found.sort_unstable();
+            let mut expected = by_rank[..k].to_vec();
+            expected.sort_unstable();
+            assert_eq!(found, expected, "k = {k}");
+        }
     }
 
     #[test]
     fn temperature_scales_the_softmax() {
         // logits 0 and ln 4 at temperature 2: weights 1 and 4^(1/2) = 2, so p = 1/3, 2/3.
         let logits = [0.0f32, 4.0f32.ln()];
-        let found = frequencies(
-            SamplingParams {
-                temperature: 2.0,
-                ..plain()
-            },
-            &logits,
-            20_000,
-        );
+        let found = frequencies(SamplingParams { temperature: 2.0, ..plain() }, &logits, 20_000);
         assert_frequencies(&found, &[1.0 / 3.0, 2.0 / 3.0]);
     }
 
@@ -865,14 +708,7 @@ mod tests {
         assert_eq!(kept(0.95), [0, 1, 2, 3]);
         assert_eq!(kept(1.0), [0, 1, 2, 3]);
 
-        let found = frequencies(
-            SamplingParams {
-                top_p: 0.8,
-                ..plain()
-            },
-            &logits,
-            20_000,
-        );
+        let found = frequencies(SamplingParams { top_p: 0.8, ..plain() }, &logits, 20_000);
         assert_frequencies(&found, &[0.25 / 0.9, 0.0, 0.15 / 0.9, 0.5 / 0.9]);
     }
 
@@ -888,16 +724,7 @@ mod tests {
         }
         let mut expected: Vec<u32> = (0..230).map(id_of_rank).collect();
         expected.sort_unstable();
-        assert_eq!(
-            kept_ids(
-                SamplingParams {
-                    top_p: 0.9,
-                    ..plain()
-                },
-                &logits
-            ),
-            expected
-        );
+        assert_eq!(kept_ids(SamplingParams { top_p: 0.9, ..plain() }, &logits), expected);
     }
 
     #[test]
@@ -909,48 +736,17 @@ mod tests {
         assert_eq!(kept(0.31), [0, 3]);
         assert_eq!(kept(1.0), [3]);
         // Combined with top-p the result is the intersection: top-p 0.7 keeps {3, 0}, 0.8 {3, 0, 2}.
-        assert_eq!(
-            kept_ids(
-                SamplingParams {
-                    min_p: 0.25,
-                    top_p: 0.7,
-                    ..plain()
-                },
-                &logits
-            ),
-            [0, 3]
-        );
-        assert_eq!(
-            kept_ids(
-                SamplingParams {
-                    min_p: 0.31,
-                    top_p: 0.8,
-                    ..plain()
-                },
-                &logits
-            ),
-            [0, 3]
-        );
+        assert_eq!(kept_ids(SamplingParams { min_p: 0.25, top_p: 0.7, ..plain() }, &logits), [0, 3]);
+        assert_eq!(kept_ids(SamplingParams { min_p: 0.31, top_p: 0.8, ..plain() }, &logits), [0, 3]);
 
-        let found = frequencies(
-            SamplingParams {
-                min_p: 0.25,
-                ..plain()
-            },
-            &logits,
-            20_000,
-        );
+        let found = frequencies(SamplingParams { min_p: 0.25, ..plain() }, &logits, 20_000);
         assert_frequencies(&found, &[0.25 / 0.9, 0.0, 0.15 / 0.9, 0.5 / 0.9]);
     }
 
     #[test]
     fn repetition_penalty_hits_each_recent_token_once() {
         let mut logits = [2.0f32, -1.0, 0.5, 3.0, -2.0];
-        let params = SamplingParams {
-            repetition_penalty: 2.0,
-            repeat_last_n: 4,
-            ..plain()
-        };
+        let params = SamplingParams { repetition_penalty: 2.0, repeat_last_n: 4, ..plain() };
         // Window: the last 4 of the history = [1, 1, 4, 0]; token 3 is older.
         sampler(params).apply_penalties(&mut logits, &[3, 0, 1, 1, 4, 0]);
         assert_eq!(logits, [1.0, -2.0, 0.5, 3.0, -4.0]);
@@ -965,38 +761,24 @@ mod tests {
         // Counts over the whole history: 0 → 2, 1 → 2, 3 → 1, 4 → 1, 2 → 0.
         // logit -= count · 0.25 + 0.5 for every token present.
         let history = [3, 0, 1, 1, 4, 0];
-        let params = SamplingParams {
-            presence_penalty: 0.5,
-            frequency_penalty: 0.25,
-            ..plain()
-        };
+        let params = SamplingParams { presence_penalty: 0.5, frequency_penalty: 0.25, ..plain() };
         let mut logits = [2.0f32, -1.0, 0.5, 3.0, -2.0];
         let mut s = sampler(params);
         s.apply_penalties(&mut logits, &history);
         assert_eq!(logits, [1.0, -2.0, 0.5, 2.25, -2.75]);
-        assert!(
-            s.token_counts.iter().all(|&c| c == 0),
-            "scratch counts are left zeroed"
-        );
+        assert!(s.token_counts.iter().all(|&c| c == 0), "scratch counts are left zeroed");
 
         // Both kinds: repetition over [1, 1, 4, 0] first, then presence/frequency.
         let mut logits = [2.0f32, -1.0, 0.5, 3.0, -2.0];
-        sampler(SamplingParams {
-            repetition_penalty: 2.0,
-            repeat_last_n: 4,
-            ..params
-        })
-        .apply_penalties(&mut logits, &history);
+        sampler(SamplingParams { repetition_penalty: 2.0, repeat_last_n: 4, ..params })
+            .apply_penalties(&mut logits, &history);
         assert_eq!(logits, [0.0, -3.0, 0.5, 2.25, -4.75]);
     }
 
     #[test]
     fn nan_and_infinite_logits_do_not_break_sampling() {
         let nan = f32::NAN;
-        let mut greedy = sampler(SamplingParams {
-            temperature: 0.0,
-            ..plain()
-        });
+        let mut greedy = sampler(SamplingParams { temperature: 0.0, ..plain() });
         assert_eq!(greedy.sample(&mut [nan, 1.0, nan], &[]), 1);
         assert_eq!(greedy.sample(&mut [nan, nan], &[]), 0);
 
@@ -1008,15 +790,7 @@ mod tests {
         }
         assert_eq!(s.sample(&mut [nan, f32::NEG_INFINITY, nan], &[]), 0);
         let mut all_nan = vec![nan; 50];
-        assert_eq!(
-            sampler(SamplingParams {
-                top_k: 0,
-                top_p: 0.5,
-                ..plain()
-            })
-            .sample(&mut all_nan, &[0, 1]),
-            0
-        );
+        assert_eq!(sampler(SamplingParams { top_k: 0, top_p: 0.5, ..plain() }).sample(&mut all_nan, &[0, 1]), 0);
     }
 
     /// Feeds `chunks` and returns everything emitted (plus `finish` when no stop matched) and
@@ -1038,35 +812,11 @@ mod tests {
     #[test]
     fn stop_split_across_chunks_is_never_emitted() {
         let mut m = StopMatcher::new(["</s>"]);
-        assert_eq!(
-            m.feed("Hello <"),
-            StopScan {
-                emit: "Hello ".into(),
-                stopped: false
-            }
-        );
-        assert_eq!(
-            m.feed("/"),
-            StopScan {
-                emit: String::new(),
-                stopped: false
-            }
-        );
-        assert_eq!(
-            m.feed("s> world"),
-            StopScan {
-                emit: String::new(),
-                stopped: true
-            }
-        );
+        assert_eq!(m.feed("Hello <"), StopScan { emit: "Hello ".into(), stopped: false });
+        assert_eq!(m.feed("/"), StopScan { emit: String::new(), stopped: false });
+        assert_eq!(m.feed("s> world"), StopScan { emit: String::new(), stopped: true });
         assert!(m.is_stopped());
-        assert_eq!(
-            m.feed("more"),
-            StopScan {
-                emit: String::new(),
-                stopped: true
-            }
-        );
+        assert_eq!(m.feed("more"), StopScan { emit: String::new(), stopped: true });
         assert_eq!(m.finish(), "");
     }
 
@@ -1077,28 +827,15 @@ mod tests {
         assert_eq!(m.feed("b").emit, "<b");
         assert_eq!(m.feed("c </").emit, "c ");
         assert_eq!(m.finish(), "</", "the end of the stream flushes held text");
-        assert_eq!(
-            run_stops(&[], &["any", " text"]),
-            ("any text".into(), false)
-        );
-        assert_eq!(
-            run_stops(&["", "x"], &["ab", "c"]),
-            ("abc".into(), false),
-            "empty stops are ignored"
-        );
+        assert_eq!(run_stops(&[], &["any", " text"]), ("any text".into(), false));
+        assert_eq!(run_stops(&["", "x"], &["ab", "c"]), ("abc".into(), false), "empty stops are ignored");
     }
 
     #[test]
     fn several_stops_and_overlapping_prefixes() {
-        assert_eq!(
-            run_stops(&["STOP", "END"], &["xx EN", "D yy STOP"]),
-            ("xx ".into(), true)
-        );
+        assert_eq!(run_stops(&["STOP", "END"], &["xx EN", "D yy STOP"]), ("xx ".into(), true));
         // "aab" after "aa": the held "aa" must slide one character at a time.
-        assert_eq!(
-            run_stops(&["aab"], &["a", "a", "a", "b", "c"]),
-            ("a".into(), true)
-        );
+        assert_eq!(run_stops(&["aab"], &["a", "a", "a", "b", "c"]), ("a".into(), true));
         // "ab" completes before "abc" and before "xabc".
         assert_eq!(run_stops(&["abc", "ab"], &["xa", "bc"]), ("x".into(), true));
         assert_eq!(run_stops(&["xabc", "ab"], &["xabc"]), ("x".into(), true));
@@ -1108,33 +845,21 @@ mod tests {
 
     #[test]
     fn unicode_stops_and_text() {
-        assert_eq!(
-            run_stops(&["🙂end"], &["héllo 🙂", "en", "d!"]),
-            ("héllo ".into(), true)
-        );
+        assert_eq!(run_stops(&["🙂end"], &["héllo 🙂", "en", "d!"]), ("héllo ".into(), true));
         let mut m = StopMatcher::new(["é"]);
         // "ã" shares its first UTF-8 byte with "é" but is not a prefix of it as text.
         assert_eq!(m.feed("ã").emit, "ã");
         assert_eq!(m.feed("xé").emit, "x");
-        assert_eq!(
-            run_stops(&["€"], &["cost 5", "€ only"]),
-            ("cost 5".into(), true)
-        );
+        assert_eq!(run_stops(&["€"], &["cost 5", "€ only"]), ("cost 5".into(), true));
     }
 
     /// Reference: scan the text one char at a time and stop at the first point where some stop
     /// string is a suffix (the longest one if several).
     fn reference_stop(text: &str, stops: &[String]) -> (String, bool) {
-        for (end, _) in text
-            .char_indices()
-            .skip(1)
-            .chain(std::iter::once((text.len(), ' ')))
-        {
+        for (end, _) in text.char_indices().skip(1).chain(std::iter::once((text.len(), ' '))) {
             let prefix = &text[..end];
-            if let Some(stop) = stops
-                .iter()
-                .filter(|s| !s.is_empty() && prefix.ends_with(s.as_str()))
-                .max_by_key(|s| s.len())
+            if let Some(stop) =
+                stops.iter().filter(|s| !s.is_empty() && prefix.ends_with(s.as_str())).max_by_key(|s| s.len())
             {
                 return (prefix[..end - stop.len()].to_string(), true);
             }
