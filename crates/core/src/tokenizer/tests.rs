@@ -226,6 +226,7 @@ const SPM_PIECES: &[(&str, f32)] = &[
     ("▁hello", -7.0), // 273: from "▁he" + "llo"
     ("▁wor", -8.0),   // 274: from "▁w" + "or"
     ("▁world", -9.0), // 275: no two pieces make it ("▁worl", "orld" and "ld" are absent)
+    ("wo", -10.0),    // 276: loses the "w" to "▁w" (-3), which scores higher
 ];
 
 fn sentencepiece(extra: Vec<(&'static str, Value)>) -> Tokenizer {
@@ -257,7 +258,8 @@ fn sentencepiece(extra: Vec<(&'static str, Value)>) -> Tokenizer {
 fn sentencepiece_merges_by_score() {
     let tk = sentencepiece(vec![]);
     // "▁hello▁world": ll(-1), he(-2), ▁w(-3), or(-4), llo(-5), ▁he(-6), ▁hello(-7), ▁wor(-8);
-    // "▁world" is never reached, so "l" and "d" stay single. BOS (1) is on by default.
+    // "wo" (-10) never gets its "w" and "▁world" is never reached, so "l" and "d" stay single.
+    // BOS (1) is on by default.
     assert_eq!(
         tk.encode("hello world", false).unwrap(),
         [1, 273, 274, 262, 266]
