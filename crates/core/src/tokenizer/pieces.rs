@@ -18,9 +18,7 @@ use super::TokenizerError;
 /// GPT-2's byte → character table. The 188 printable Latin-1 bytes stand for themselves; the
 /// other 68 (controls, space, DEL, NBSP, soft hyphen…) take U+0100, U+0101, … in byte order, so
 /// every byte has a visible, non-whitespace stand-in. Space is therefore `Ġ` (U+0120).
-pub(crate) static BYTE_TO_CHAR: [char; 256] = byte_to_char_table();
-
-const fn byte_to_char_table() -> [char; 256] {
+pub(crate) const fn byte_to_char_table() -> [char; 256] {
     let mut table = ['\0'; 256];
     let mut next_stand_in = 0x100u32;
     let mut byte = 0usize;
@@ -41,7 +39,7 @@ const fn byte_to_char_table() -> [char; 256] {
     table
 }
 
-/// The inverse of `BYTE_TO_CHAR`, indexed by code point (all stand-ins are below U+0144).
+/// The inverse of `byte_to_char_table()`, indexed by code point (all stand-ins are below U+0144).
 static CHAR_TO_BYTE: [Option<u8>; 0x144] = char_to_byte_table();
 
 const fn char_to_byte_table() -> [Option<u8>; 0x144] {
@@ -73,7 +71,11 @@ pub(crate) struct Pieces {
 }
 
 impl Pieces {
-    pub fn build(tokens: &[String], types: &[TokenType], spelling: Spelling) -> Result<Self, TokenizerError> {
+    pub fn build(
+        tokens: &[String],
+        types: &[TokenType],
+        spelling: Spelling,
+    ) -> Result<Self, TokenizerError> {
         let mut bytes = Vec::with_capacity(tokens.iter().map(String::len).sum());
         let mut offsets = Vec::with_capacity(tokens.len() + 1);
         offsets.push(0);
@@ -85,11 +87,17 @@ impl Pieces {
                         Some(byte) => bytes.push(byte),
                         None => bytes.extend_from_slice(ch.encode_utf8(&mut [0; 4]).as_bytes()),
                     }),
-                    Spelling::SentencePiece => bytes.extend_from_slice(text.replace(SPM_SPACE, " ").as_bytes()),
+                    Spelling::SentencePiece => {
+                        bytes.extend_from_slice(text.replace(SPM_SPACE, " ").as_bytes())
+                    }
                 },
                 TokenType::Byte => {
-                    let byte = parse_byte_token(text)
-                        .ok_or_else(|| TokenizerError::MalformedByteToken { id, text: text.clone() })?;
+                    let byte = parse_byte_token(text).ok_or_else(|| {
+                        TokenizerError::MalformedByteToken {
+                            id,
+                            text: text.clone(),
+                        }
+                    })?;
                     bytes.push(byte);
                 }
                 TokenType::Control | TokenType::Unknown | TokenType::UserDefined => {
@@ -126,19 +134,20 @@ mod tests {
 
     #[test]
     fn byte_table_matches_gpt2() {
+        let table = byte_to_char_table();
         // Known stand-ins: the space and newline of every GPT-2 merges file, the first and last
         // non-printable bytes, and printable bytes standing for themselves.
-        assert_eq!(BYTE_TO_CHAR[b' ' as usize], 'Ġ');
-        assert_eq!(BYTE_TO_CHAR[b'\n' as usize], 'Ċ');
-        assert_eq!(BYTE_TO_CHAR[b'\t' as usize], 'ĉ');
-        assert_eq!(BYTE_TO_CHAR[0x00], '\u{100}');
-        assert_eq!(BYTE_TO_CHAR[0x7F], '\u{121}');
-        assert_eq!(BYTE_TO_CHAR[0xA0], '\u{142}');
-        assert_eq!(BYTE_TO_CHAR[0xAD], '\u{143}');
-        assert_eq!(BYTE_TO_CHAR[b'A' as usize], 'A');
-        assert_eq!(BYTE_TO_CHAR[0xE9], 'é');
+        assert_eq!(table[b' ' as usize], 'Ġ');
+        assert_eq!(table[b'\n' as usize], 'Ċ');
+        assert_eq!(table[b'\t' as usize], 'ĉ');
+        assert_eq!(table[0x00], '\u{100}');
+        assert_eq!(table[0x7F], '\u{121}');
+        assert_eq!(table[0xA0], '\u{142}');
+        assert_eq!(table[0xAD], '\u{143}');
+        assert_eq!(table[b'A' as usize], 'A');
+        assert_eq!(table[0xE9], 'é');
         for byte in 0..=255u8 {
-            assert_eq!(char_to_byte(BYTE_TO_CHAR[byte as usize]), Some(byte));
+            assert_eq!(char_to_byte(table[byte as usize]), Some(byte));
         }
         assert_eq!(char_to_byte(' '), None);
         assert_eq!(char_to_byte('\u{144}'), None);

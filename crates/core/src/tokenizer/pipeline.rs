@@ -20,7 +20,6 @@ use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
 use tokenizers::pre_tokenizers::split::Split;
 use tokenizers::{AddedToken, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior};
 
-use super::pieces::BYTE_TO_CHAR;
 use super::vocab::{GgufVocab, TokenType, VocabModel};
 use super::TokenizerError;
 
@@ -78,13 +77,18 @@ impl PreTokenizer {
                 SplitDelimiterBehavior::Isolated,
                 false,
             )
-            .map_err(|source| TokenizerError::Pipeline { what: "the split regex", source })?;
+            .map_err(|source| TokenizerError::Pipeline {
+                what: "the split regex",
+                source,
+            })?;
             Ok(split.into())
         };
         // Bytes become characters last, after all splitting has seen the real text.
         let to_byte_chars = ByteLevel::new(false, false, false).into();
         let steps = match self {
-            PreTokenizer::Smollm => vec![Digits::new(true).into(), split(GPT2_SPLIT)?, to_byte_chars],
+            PreTokenizer::Smollm => {
+                vec![Digits::new(true).into(), split(GPT2_SPLIT)?, to_byte_chars]
+            }
             PreTokenizer::Llama3 => vec![split(LLAMA3_SPLIT)?, to_byte_chars],
             PreTokenizer::Qwen2 => vec![split(QWEN2_SPLIT)?, to_byte_chars],
         };
@@ -109,12 +113,14 @@ pub(crate) fn build(vocab: &GgufVocab) -> Result<Pipelines, TokenizerError> {
 
     let mut base = match &vocab.model {
         VocabModel::Gpt2 { pre, merges } => {
-            check_byte_chars(&ids)?;
             let model = BPE::builder()
                 .vocab_and_merges(ids, merges.clone())
                 .ignore_merges(pre.ignores_merges())
                 .build()
-                .map_err(|source| TokenizerError::Pipeline { what: "the BPE model", source })?;
+                .map_err(|source| TokenizerError::Pipeline {
+                    what: "the BPE model",
+                    source,
+                })?;
             let mut tk = tokenizers::Tokenizer::new(model);
             tk.with_pre_tokenizer(Some(pre.build()?));
             tk
@@ -128,9 +134,10 @@ pub(crate) fn build(vocab: &GgufVocab) -> Result<Pipelines, TokenizerError> {
             if let Some(unk) = vocab.unk_id {
                 builder = builder.unk_token(vocab.tokens[unk as usize].clone());
             }
-            let model = builder
-                .build()
-                .map_err(|source| TokenizerError::Pipeline { what: "the BPE model", source })?;
+            let model = builder.build().map_err(|source| TokenizerError::Pipeline {
+                what: "the BPE model",
+                source,
+            })?;
             let mut tk = tokenizers::Tokenizer::new(model);
             tk.with_normalizer(Some(sentencepiece_normalizer(vocab.add_space_prefix)?));
             tk
@@ -150,25 +157,20 @@ pub(crate) fn build(vocab: &GgufVocab) -> Result<Pipelines, TokenizerError> {
     let plain = base.clone();
     let mut with_special = base;
     with_special.add_special_tokens(&whole(TokenType::is_special, true));
-    Ok(Pipelines { plain, with_special })
-}
-
-/// A byte-level vocabulary must hold all 256 byte characters, or text containing a missing one
-/// would silently lose it in the BPE model.
-fn check_byte_chars(ids: &Vocab) -> Result<(), TokenizerError> {
-    for (byte, ch) in BYTE_TO_CHAR.iter().enumerate() {
-        if !ids.contains_key(ch.to_string().as_str()) {
-            return Err(TokenizerError::MissingByteToken { byte: byte as u8, text: ch.to_string() });
-        }
-    }
-    Ok(())
+    Ok(Pipelines {
+        plain,
+        with_special,
+    })
 }
 
 /// Spaces become `▁`, and with `add_space_prefix` each fragment (the whole text, or each piece
 /// between matched special tokens, as in llama.cpp) starts with one.
 fn sentencepiece_normalizer(add_space_prefix: bool) -> Result<NormalizerWrapper, TokenizerError> {
-    let escape_spaces = Replace::new(" ", SPM_SPACE)
-        .map_err(|source| TokenizerError::Pipeline { what: "the space normaliser", source })?;
+    let escape_spaces =
+        Replace::new(" ", SPM_SPACE).map_err(|source| TokenizerError::Pipeline {
+            what: "the space normaliser",
+            source,
+        })?;
     let mut steps: Vec<NormalizerWrapper> = Vec::with_capacity(2);
     if add_space_prefix {
         steps.push(Prepend::new(SPM_SPACE.to_string()).into());
