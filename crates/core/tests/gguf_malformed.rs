@@ -389,46 +389,41 @@ impl Mutation {
 type Outcome = Result<Option<GgufError>, String>;
 
 /// Parses `bytes` as the header of a file of `file_len` bytes without letting a panic escape.
-/// A clean parse must keep every promise of the header; an error must be acceptable (see
-/// `judge_error`).
 fn check_header(bytes: &[u8], file_len: u64) -> Outcome {
-    match catch_unwind(AssertUnwindSafe(|| GgufHeader::parse(bytes, file_len).map(|h| header_problem(&h, file_len)))) {
-        Err(panic) => Err(format!("panicked: {}", panic_message(&*panic))),
-        Ok(Ok(None)) => Ok(None),
-        Ok(Ok(Some(problem))) => Err(format!("parsed, but {problem}")),
-        Ok(Err(e)) => judge_error(e, bytes.len()),
-    }
+    let caught =
+        catch_unwind(AssertUnwindSafe(|| GgufHeader::parse(bytes, file_len).map(|h| header_problem(&h, file_len))));
+    judge(caught, bytes.len())
 }
 
-/// Parses a whole in-memory file; if it is valid, it must keep the header's promises and give
-/// every tensor exactly `n_bytes` of data.
+/// Parses a whole in-memory file; if it is valid, it must also give every tensor exactly
+/// `n_bytes` of data.
 fn check_file(bytes: &[u8]) -> Outcome {
-    let len = bytes.len() as u64;
-    let checked = catch_unwind(AssertUnwindSafe(|| {
+    let caught = catch_unwind(AssertUnwindSafe(|| {
         GgufFile::from_bytes(bytes.to_vec()).map(|file| {
-            header_problem(file.header(), len).or_else(|| {
+            header_problem(file.header(), bytes.len() as u64).or_else(|| {
                 let wrong = file.tensors().iter().find(|t| file.tensor_data(t).len() as u64 != t.n_bytes);
                 wrong.map(|t| format!("tensor `{}` has the wrong data length", t.name))
             })
         })
     }));
-    match checked {
+    judge(caught, bytes.len())
+}
+
+/// Turns a caught parse (a panic, or the parse result with the first broken promise of a clean
+/// parse) into an outcome. A clean parse must keep every promise; an error must be `Malformed`
+/// (with a description and an offset inside the input) or a magic/version error.
+fn judge(caught: std::thread::Result<Result<Option<String>, GgufError>>, input_len: usize) -> Outcome {
+    match caught {
         Err(panic) => Err(format!("panicked: {}", panic_message(&*panic))),
         Ok(Ok(None)) => Ok(None),
         Ok(Ok(Some(problem))) => Err(format!("parsed, but {problem}")),
-        Ok(Err(e)) => judge_error(e, bytes.len()),
-    }
-}
-
-/// An error is acceptable if it is `Malformed` (with a description and an offset inside the
-/// input) or a magic/version error.
-fn judge_error(e: GgufError, input_len: usize) -> Outcome {
-    match &e {
-        GgufError::Malformed { offset, what } if *offset > input_len as u64 || what.is_empty() => {
+        Ok(Err(GgufError::Malformed { offset, what })) if offset > input_len as u64 || what.is_empty() => {
             Err(format!("error at offset {offset} of {input_len} bytes: {what:?}"))
         }
-        GgufError::Malformed { .. } | GgufError::BadMagic { .. } | GgufError::UnsupportedVersion { .. } => Ok(Some(e)),
-        other => Err(format!("unexpected error kind {other:?}")),
+        Ok(Err(
+            e @ (GgufError::Malformed { .. } | GgufError::BadMagic { .. } | GgufError::UnsupportedVersion { .. }),
+        )) => Ok(Some(e)),
+        Ok(Err(other)) => Err(format!("unexpected error kind {other:?}")),
     }
 }
 
