@@ -3,7 +3,8 @@
 //! Opening parses and validates the whole header (see `reader.rs`), so afterwards every
 //! tensor's data is known to lie inside the bytes. `tensor_data` hands out those bytes without
 //! copying: with `open` they are page-cache pages of the mapped file, aligned in memory to the
-//! file's alignment; with `from_bytes` they live in a `Vec<u8>` and carry no alignment promise.
+//! file's alignment (the map starts on a page boundary); with `from_bytes` they live in a
+//! `Vec<u8>` and carry no alignment promise.
 //!
 //! Unsupported tensor types (known to ggml but not dequantised by this build, e.g. Q2_K) are
 //! accepted when parsing, so that such files can still be inspected and their bytes copied;
@@ -123,9 +124,7 @@ impl std::fmt::Debug for GgufFile {
         f.debug_struct("GgufFile")
             .field("path", &self.path)
             .field("len", &self.bytes.as_slice().len())
-            .field("version", &self.header.version())
-            .field("tensors", &self.header.tensors().len())
-            .field("metadata_entries", &self.header.metadata().len())
+            .field("header", &self.header)
             .finish()
     }
 }

@@ -27,7 +27,7 @@ const MIN_TENSOR_INFO_BYTES: usize = 8 + 4 + 8 + 4 + 8;
 
 /// The parsed, validated header of a GGUF file: version, metadata, tensor table and the layout
 /// of the data section.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct GgufHeader {
     version: u32,
     alignment: u64,
@@ -65,7 +65,7 @@ impl GgufHeader {
             if index_by_name.contains_key(&name) {
                 return Err(malformed(info_at, format!("duplicate tensor name `{name}`")));
             }
-            let (info, offset_at) = read_tensor_info(&mut cur, name).map_err(|e| e.within(format!("tensor #{i}")))?;
+            let (info, offset_at) = read_tensor_info(&mut cur, name)?;
             index_by_name.insert(info.name.clone(), i);
             tensors.push(info);
             offset_fields.push(offset_at);
@@ -108,6 +108,19 @@ impl GgufHeader {
     /// Absolute file offset where the data section (tensor offset 0) starts.
     pub fn data_offset(&self) -> u64 {
         self.data_offset
+    }
+}
+
+/// A summary: the metadata of a real model holds vocabularies of ~50k strings.
+impl std::fmt::Debug for GgufHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgufHeader")
+            .field("version", &self.version)
+            .field("alignment", &self.alignment)
+            .field("data_offset", &self.data_offset)
+            .field("metadata_entries", &self.metadata.len())
+            .field("tensors", &self.tensors.len())
+            .finish()
     }
 }
 

@@ -315,13 +315,16 @@ fn header_parse_needs_only_the_header_bytes() {
     assert_eq!(offset, 24 + 9 + 4 + 8 + 4);
 }
 
+/// One attempt to add something invalid to a fresh writer.
+type WriterCase<'a> = &'a dyn Fn(&mut GgufWriter) -> Result<(), GgufError>;
+
 #[test]
 fn writer_refuses_what_the_reader_would_reject() {
-    let refusal = |f: &dyn Fn(&mut GgufWriter) -> Result<(), GgufError>| {
+    let refusal = |f: WriterCase| {
         let mut w = GgufWriter::new();
         invalid_write_what(f(&mut w).unwrap_err())
     };
-    let cases: Vec<(&str, &dyn Fn(&mut GgufWriter) -> Result<(), GgufError>)> = vec![
+    let cases: Vec<(&str, WriterCase)> = vec![
         ("duplicate metadata key `k`", &|w| {
             w.add_metadata("k", Value::U8(1))?.add_metadata("k", Value::U8(2)).map(drop)
         }),
