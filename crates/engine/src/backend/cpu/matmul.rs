@@ -46,6 +46,13 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+impl OutPtr {
+    /// Through a method, so that closures capture the `Send + Sync` wrapper, not the raw field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// `out[t * n_out + n] = Σ_k x[t * n_in + k] · w[n, k]` for `t < rows`.
 ///
 /// The caller has checked that `x` holds `rows × n_in` values and `out` `rows × n_out`.
@@ -61,14 +68,19 @@ pub fn matmul(x: &[f32], rows: usize, w: &QuantMatrix<'_>, out: &mut [f32]) {
 
 fn matmul_rowwise(x: &[f32], rows: usize, w: &QuantMatrix<'_>, out: &mut [f32]) {
     let (n_in, n_out) = (w.n_in, w.n_out);
+    let rb = w.row_bytes();
     let ptr = OutPtr(out.as_mut_ptr());
-    let chunk = (n_out / (rayon::current_num_threads() * 8)).max(16);
-    (0..n_out).into_par_iter().with_min_len(chunk).for_each(|n| {
-        let row = w.row(n);
+    // Several ranges per thread balance the load; each range is a multiple of 4 rows, the
+    // unroll of `dot_rows`.
+    let range = (n_out / (rayon::current_num_threads() * 4)).max(64).next_multiple_of(4);
+    (0..n_out.div_ceil(range)).into_par_iter().for_each(|c| {
+        let n0 = c * range;
+        let n1 = (n0 + range).min(n_out);
+        let block = &w.bytes[n0 * rb..n1 * rb];
         for t in 0..rows {
-            let y = quant::dot_row(w.ty, row, &x[t * n_in..(t + 1) * n_in]);
-            // SAFETY: cell (t, n) is written by the task that owns weight row n only.
-            unsafe { *ptr.0.add(t * n_out + n) = y };
+            // SAFETY: this task alone writes cells (t, n0..n1), which lie inside `out`.
+            let y = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(t * n_out + n0), n1 - n0) };
+            quant::dot_rows(w.ty, block, &x[t * n_in..(t + 1) * n_in], y).expect("matrix rows were validated at load");
         }
     });
 }
@@ -89,7 +101,7 @@ fn matmul_panels(x: &[f32], rows: usize, w: &QuantMatrix<'_>, out: &mut [f32]) {
                 let m = MR.min(rows - t);
                 // SAFETY: this task alone writes columns n0..n0+n_valid; rows t..t+m exist.
                 unsafe {
-                    micro_tile(m, &x[t * k..], k, panel, ptr.0.add(t * n_out + n0), n_out, n_valid);
+                    micro_tile(m, &x[t * k..], k, panel, ptr.get().add(t * n_out + n0), n_out, n_valid);
                 }
                 t += m;
             }
