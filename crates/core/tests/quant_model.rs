@@ -6,6 +6,9 @@
 //! reader. Expected values were printed by python as exact f32 (hex bit patterns in the
 //! comments are the same numbers).
 
+// The expected values are exact f32 values as python printed them, digits in full.
+#![allow(clippy::excessive_precision)]
+
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;

@@ -107,7 +107,7 @@ const _: () = {
 /// # Safety
 /// Implementors are `#[repr(C)]` (or primitive), have no padding, and accept every bit pattern,
 /// so that [`read_block`] may build one from any `size_of::<Self>()` bytes.
-pub unsafe trait Block: Copy {
+pub(crate) unsafe trait Block: Copy {
     /// Weights per block.
     const ELEMS: usize;
 

@@ -10,9 +10,9 @@
 //!
 //! Safety: every function here is `unsafe` because it uses these CPU features; an [`Avx2`]
 //! value exists only after runtime detection has found them, and its safe [`Kernels`] methods
-//! are the only way in. Raw-pointer accesses stay inside one block (fixed offsets taken from
-//! the `#[repr(C)]` structs with `offset_of!`) or inside slices whose lengths the safe wrappers
-//! assert.
+//! are the only way in. Raw-pointer accesses stay inside one `chunks_exact` block (fixed offsets
+//! taken from the `#[repr(C)]` structs with `offset_of!`) or inside slices whose lengths the
+//! dot tile asserts.
 
 use std::arch::x86_64::*;
 use std::mem::{offset_of, size_of};
@@ -43,18 +43,13 @@ impl Avx2 {
 
 impl Kernels for Avx2 {
     fn decode(self, format: Format, src: &[u8], dst: &mut [f32]) {
-        let ty = format.ty();
-        assert!(
-            dst.len() % ty.block_elems() == 0 && src.len() == format.bytes_for(dst.len()),
-            "decode: {} bytes of {ty} for {} weights",
-            src.len(),
-            dst.len()
-        );
-        // SAFETY: `self` proves the CPU features; `src` holds exactly the blocks of `dst`.
+        // Checked by the caller; the decoders stay in bounds whatever the lengths (they walk
+        // `chunks_exact` of both slices), so this is for debugging only.
+        debug_assert_eq!(src.len(), format.bytes_for(dst.len()), "decode: byte count");
+        // SAFETY: `self` proves the CPU features.
         unsafe {
             match format {
-                // A plain copy: nothing to vectorise beyond what the compiler does.
-                Format::F32 => decode_blocks(format, src, dst),
+                Format::F32 => decode_f32(src, dst),
                 Format::F16 => decode_f16(src, dst),
                 Format::BF16 => decode_bf16(src, dst),
                 Format::Q4_0 => decode_q4_0(src, dst),
@@ -326,6 +321,16 @@ unsafe fn decode_q6k(src: &[u8], dst: &mut [f32]) {
             }
         }
     }
+}
+
+/// F32: a copy, eight at a time (the bytes may be unaligned), the tail through the reference.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn decode_f32(src: &[u8], dst: &mut [f32]) {
+    let body = dst.len() / 8 * 8;
+    for (bytes, out) in src.chunks_exact(32).zip(dst.chunks_exact_mut(8)) {
+        store(out, 0, _mm256_loadu_ps(bytes.as_ptr().cast()));
+    }
+    decode_blocks(Format::F32, &src[4 * body..], &mut dst[body..]);
 }
 
 /// F16: eight at a time with `vcvtph2ps`, the tail through the reference.
