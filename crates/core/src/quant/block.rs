@@ -9,7 +9,7 @@
 //! - every bit pattern of every block is a valid value (all fields are byte arrays or f16), so a
 //!   block may be read from any bytes of the right length; NaN or infinite f16 scales simply
 //!   decode to NaN or infinite weights;
-//! - [`Block::decode`] is the definition of a block's values: it computes each weight in f32 with
+//! - `Block::decode` is the definition of a block's values: it computes each weight in f32 with
 //!   the same operations, in the same order, as ggml's `dequantize_row_*` (for example Q4_1 is
 //!   `d * q + m`, rounded once after the multiply and once after the add, never fused). All other
 //!   decoders in this crate (SIMD, bf16) must agree with it bit for bit.
@@ -19,7 +19,7 @@
 //!   high nibble;
 //! - Q8_0: `qs[n]` is element `n`;
 //! - Q4_K / Q5_K: eight sub-blocks of 32, each with a 6-bit scale and a 6-bit min packed in
-//!   `scales` (see [`k_scale_min`]); sub-blocks `2p` and `2p + 1` share the 32 bytes
+//!   `scales` (see `k_scale_min`); sub-blocks `2p` and `2p + 1` share the 32 bytes
 //!   `qs[32p..32p + 32]`, low and high nibbles; Q5_K adds bit `j` of `qh[l]` as bit 4 of element
 //!   `l` of sub-block `j`;
 //! - Q6_K: two halves of 128; in half `h`, quarter `g` (32 elements), element `l` takes its low

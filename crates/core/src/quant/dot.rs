@@ -72,7 +72,7 @@ macro_rules! dispatch {
     };
 }
 
-/// Σ_i dequant(row)[i]·x[i], where `row` holds `x.len()` elements of `ty`.
+/// `Σ_i dequant(row)[i]·x[i]`, where `row` holds `x.len()` elements of `ty`.
 ///
 /// Errors when the type is unsupported, `x.len()` is not a whole number of blocks, or `row` is
 /// not exactly the bytes of `x.len()` elements.
