@@ -9,7 +9,7 @@
 //! - every bit pattern of every block is a valid value (all fields are byte arrays or f16), so a
 //!   block may be read from any bytes of the right length; NaN or infinite f16 scales simply
 //!   decode to NaN or infinite weights;
-//! - [`Block::decode`] is the definition of a block's values: it computes each weight in f32 with
+//! - `Block::decode` is the definition of a block's values: it computes each weight in f32 with
 //!   the same operations, in the same order, as ggml's `dequantize_row_*` (for example Q4_1 is
 //!   `d * q + m`, rounded once after the multiply and once after the add, never fused). All other
 //!   decoders in this crate (SIMD, bf16) must agree with it bit for bit.
@@ -19,7 +19,7 @@
 //!   high nibble;
 //! - Q8_0: `qs[n]` is element `n`;
 //! - Q4_K / Q5_K: eight sub-blocks of 32, each with a 6-bit scale and a 6-bit min packed in
-//!   `scales` (see [`k_scale_min`]); sub-blocks `2p` and `2p + 1` share the 32 bytes
+//!   `scales` (see `k_scale_min`); sub-blocks `2p` and `2p + 1` share the 32 bytes
 //!   `qs[32p..32p + 32]`, low and high nibbles; Q5_K adds bit `j` of `qh[l]` as bit 4 of element
 //!   `l` of sub-block `j`;
 //! - Q6_K: two halves of 128; in half `h`, quarter `g` (32 elements), element `l` takes its low
@@ -107,7 +107,7 @@ const _: () = {
 /// # Safety
 /// Implementors are `#[repr(C)]` (or primitive), have no padding, and accept every bit pattern,
 /// so that [`read_block`] may build one from any `size_of::<Self>()` bytes.
-pub unsafe trait Block: Copy {
+pub(crate) unsafe trait Block: Copy {
     /// Weights per block.
     const ELEMS: usize;
 
@@ -120,7 +120,11 @@ pub unsafe trait Block: Copy {
 /// Callers slice `bytes` with `chunks_exact(size_of::<B>())`, so a length mismatch is a bug in
 /// this module, not bad input.
 pub(crate) fn read_block<B: Block>(bytes: &[u8]) -> B {
-    assert_eq!(bytes.len(), size_of::<B>(), "block slice of the wrong length");
+    assert_eq!(
+        bytes.len(),
+        size_of::<B>(),
+        "block slice of the wrong length"
+    );
     // SAFETY: the length matches, `read_unaligned` needs no alignment, and `B: Block` promises
     // that every bit pattern is a valid `B`.
     unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<B>()) }
@@ -195,7 +199,12 @@ unsafe impl Block for BlockQ4K {
     fn decode(&self, out: &mut [f32]) {
         let factors = k_factors(self.d, self.dmin, &self.scales);
         // Pair p: sub-block 2p from the low nibbles of qs[32p..32p + 32], 2p + 1 from the high.
-        for (p, (qs, out)) in self.qs.chunks_exact(32).zip(out.chunks_exact_mut(64)).enumerate() {
+        for (p, (qs, out)) in self
+            .qs
+            .chunks_exact(32)
+            .zip(out.chunks_exact_mut(64))
+            .enumerate()
+        {
             let (d_low, m_low) = factors[2 * p];
             let (d_high, m_high) = factors[2 * p + 1];
             let (low, high) = out.split_at_mut(32);
@@ -212,7 +221,12 @@ unsafe impl Block for BlockQ5K {
 
     fn decode(&self, out: &mut [f32]) {
         let factors = k_factors(self.d, self.dmin, &self.scales);
-        for (p, (qs, out)) in self.qs.chunks_exact(32).zip(out.chunks_exact_mut(64)).enumerate() {
+        for (p, (qs, out)) in self
+            .qs
+            .chunks_exact(32)
+            .zip(out.chunks_exact_mut(64))
+            .enumerate()
+        {
             let (d_low, m_low) = factors[2 * p];
             let (d_high, m_high) = factors[2 * p + 1];
             let (low, high) = out.split_at_mut(32);
@@ -276,7 +290,10 @@ unsafe impl Block for bf16 {
 /// Decodes whole blocks of one type; `src` holds exactly the blocks of `dst`.
 fn decode_as<B: Block>(src: &[u8], dst: &mut [f32]) {
     debug_assert_eq!(src.len() / size_of::<B>() * B::ELEMS, dst.len());
-    for (bytes, out) in src.chunks_exact(size_of::<B>()).zip(dst.chunks_exact_mut(B::ELEMS)) {
+    for (bytes, out) in src
+        .chunks_exact(size_of::<B>())
+        .zip(dst.chunks_exact_mut(B::ELEMS))
+    {
         read_block::<B>(bytes).decode(out);
     }
 }
@@ -298,6 +315,8 @@ pub(crate) fn decode_blocks(format: Format, src: &[u8], dst: &mut [f32]) {
 }
 
 #[cfg(test)]
+// Expected values are exact binary fractions, written out in full on purpose.
+#[allow(clippy::excessive_precision)]
 mod tests {
     //! Hand-built blocks whose weights are worked out from the ggml spec, not by this code.
 
@@ -320,7 +339,9 @@ mod tests {
 
     /// Byte `j` holds `j` in the low nibble and `15 - j` in the high one (`j = i % 16`).
     fn ramp_nibbles(n: usize) -> Vec<u8> {
-        (0..n).map(|i| (i % 16) as u8 | ((15 - (i % 16) as u8) << 4)).collect()
+        (0..n)
+            .map(|i| (i % 16) as u8 | ((15 - (i % 16) as u8) << 4))
+            .collect()
     }
 
     #[test]
@@ -373,12 +394,26 @@ mod tests {
         let mut q = [0i8; 32];
         q[..7].copy_from_slice(&[-128, -64, -1, 0, 1, 63, 127]);
         let qs: Vec<u8> = q.iter().map(|&v| v as u8).collect();
-        let bytes = [&0x2E66u16.to_le_bytes()[..], &qs, &0x3400u16.to_le_bytes(), &qs].concat();
+        let bytes = [
+            &0x2E66u16.to_le_bytes()[..],
+            &qs,
+            &0x3400u16.to_le_bytes(),
+            &qs,
+        ]
+        .concat();
         let w = decode(GgmlType::Q8_0, &bytes);
         let d = 0.0999755859375f32;
         assert_eq!(
             w[..7],
-            [-12.796875, -6.3984375, -d, 0.0, d, 6.2984619140625, 12.6968994140625]
+            [
+                -12.796875,
+                -6.3984375,
+                -d,
+                0.0,
+                d,
+                6.2984619140625,
+                12.6968994140625
+            ]
         );
         assert_eq!(w[32..39], [-32.0, -16.0, -0.25, 0.0, 0.25, 15.75, 31.75]);
         assert!(w[7..32].iter().chain(&w[39..]).all(|&v| v == 0.0));
@@ -393,15 +428,24 @@ mod tests {
     #[test]
     fn k_scale_min_unpacks_six_bit_pairs() {
         for j in 0..8 {
-            assert_eq!(k_scale_min(&K_PACKED, j), (K_SCALES[j], K_MINS[j]), "sub-block {j}");
+            assert_eq!(
+                k_scale_min(&K_PACKED, j),
+                (K_SCALES[j], K_MINS[j]),
+                "sub-block {j}"
+            );
         }
     }
 
     #[test]
     fn q4_k_sub_blocks() {
         // d = 2, dmin = 0.5; byte i of qs holds i % 16 (low) and 15 - i % 16 (high).
-        let bytes =
-            [&f16_bytes(2.0)[..], &f16_bytes(0.5), &K_PACKED, &ramp_nibbles(128)].concat();
+        let bytes = [
+            &f16_bytes(2.0)[..],
+            &f16_bytes(0.5),
+            &K_PACKED,
+            &ramp_nibbles(128),
+        ]
+        .concat();
         let w = decode(GgmlType::Q4K, &bytes);
         // Spot values: element e is in sub-block j = e / 32 at l = e % 32, reading byte
         // qs[32 (j / 2) + l], low nibble for even j.
@@ -422,8 +466,14 @@ mod tests {
     fn q5_k_high_bits() {
         // qh = 0x55: bits 0, 2, 4, 6 set, so even sub-blocks gain 16 and odd ones nothing.
         let qs: Vec<u8> = (0..128).map(|i| i as u8).collect();
-        let bytes =
-            [&f16_bytes(2.0)[..], &f16_bytes(0.5), &K_PACKED, &[0x55; 32], &qs].concat();
+        let bytes = [
+            &f16_bytes(2.0)[..],
+            &f16_bytes(0.5),
+            &K_PACKED,
+            &[0x55; 32],
+            &qs,
+        ]
+        .concat();
         let w = decode(GgmlType::Q5K, &bytes);
         assert_eq!(w[0], 32.0); // j 0: q = 0 + 16: 2·1·16 − 0
         assert_eq!(w[33], -2.5); // j 1: high nibble of qs[1] = 0: 0 − 0.5·5
@@ -461,8 +511,9 @@ mod tests {
 
     #[test]
     fn f16_edge_values() {
-        let bits: [u16; 10] =
-            [0x3C00, 0xC000, 0x7BFF, 0x0001, 0x03FF, 0x0400, 0x8000, 0x7C00, 0xFC00, 0x7E00];
+        let bits: [u16; 10] = [
+            0x3C00, 0xC000, 0x7BFF, 0x0001, 0x03FF, 0x0400, 0x8000, 0x7C00, 0xFC00, 0x7E00,
+        ];
         let bytes: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
         let w = decode(GgmlType::F16, &bytes);
         let want = [
@@ -484,7 +535,9 @@ mod tests {
 
     #[test]
     fn bf16_edge_values() {
-        let bits: [u16; 8] = [0x3F80, 0xC040, 0x7F7F, 0x0001, 0x8000, 0x7F80, 0xFF80, 0x7FC1];
+        let bits: [u16; 8] = [
+            0x3F80, 0xC040, 0x7F7F, 0x0001, 0x8000, 0x7F80, 0xFF80, 0x7FC1,
+        ];
         let bytes: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
         let w = decode(GgmlType::BF16, &bytes);
         // A bf16 is the top half of an f32, NaN payloads included.

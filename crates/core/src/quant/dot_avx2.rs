@@ -10,9 +10,9 @@
 //!
 //! Safety: every function here is `unsafe` because it uses these CPU features; an [`Avx2`]
 //! value exists only after runtime detection has found them, and its safe [`Kernels`] methods
-//! are the only way in. Raw-pointer accesses stay inside one block (fixed offsets taken from
-//! the `#[repr(C)]` structs with `offset_of!`) or inside slices whose lengths the safe wrappers
-//! assert.
+//! are the only way in. Raw-pointer accesses stay inside one `chunks_exact` block (fixed offsets
+//! taken from the `#[repr(C)]` structs with `offset_of!`) or inside slices whose lengths the
+//! dot tile asserts.
 
 use std::arch::x86_64::*;
 use std::mem::{offset_of, size_of};
@@ -43,18 +43,13 @@ impl Avx2 {
 
 impl Kernels for Avx2 {
     fn decode(self, format: Format, src: &[u8], dst: &mut [f32]) {
-        let ty = format.ty();
-        assert!(
-            dst.len() % ty.block_elems() == 0 && src.len() == format.bytes_for(dst.len()),
-            "decode: {} bytes of {ty} for {} weights",
-            src.len(),
-            dst.len()
-        );
-        // SAFETY: `self` proves the CPU features; `src` holds exactly the blocks of `dst`.
+        // Checked by the caller; the decoders stay in bounds whatever the lengths (they walk
+        // `chunks_exact` of both slices), so this is for debugging only.
+        debug_assert_eq!(src.len(), format.bytes_for(dst.len()), "decode: byte count");
+        // SAFETY: `self` proves the CPU features.
         unsafe {
             match format {
-                // A plain copy: nothing to vectorise beyond what the compiler does.
-                Format::F32 => decode_blocks(format, src, dst),
+                Format::F32 => decode_f32(src, dst),
                 Format::F16 => decode_f16(src, dst),
                 Format::BF16 => decode_bf16(src, dst),
                 Format::Q4_0 => decode_q4_0(src, dst),
@@ -73,7 +68,10 @@ impl Kernels for Avx2 {
         x: [&[f32]; C],
     ) -> [[f32; C]; R] {
         let len = x.first().map_or(0, |x| x.len());
-        assert!(w.iter().chain(&x).all(|s| s.len() == len), "dot_tile: slices differ in length");
+        assert!(
+            w.iter().chain(&x).all(|s| s.len() == len),
+            "dot_tile: slices differ in length"
+        );
         // SAFETY: `self` proves the CPU features; all slices hold `len` values.
         unsafe {
             // A single pair needs four chains to cover the FMA latency; tiles have enough pairs.
@@ -123,7 +121,10 @@ unsafe fn decode_q4_0(src: &[u8], dst: &mut [f32]) {
     const QS: usize = offset_of!(BlockQ4_0, qs);
     let low4 = _mm256_set1_epi32(0x0F);
     let eight = _mm256_set1_epi32(8);
-    for (block, out) in src.chunks_exact(size_of::<BlockQ4_0>()).zip(dst.chunks_exact_mut(32)) {
+    for (block, out) in src
+        .chunks_exact(size_of::<BlockQ4_0>())
+        .zip(dst.chunks_exact_mut(32))
+    {
         let d = _mm256_set1_ps(f16_at(block, D));
         let qs = block.as_ptr().add(QS);
         // Bytes 8h..8h + 8 hold elements 8h.. in their low nibbles and 16 + 8h.. in the high.
@@ -144,7 +145,10 @@ unsafe fn decode_q4_1(src: &[u8], dst: &mut [f32]) {
     const M: usize = offset_of!(BlockQ4_1, m);
     const QS: usize = offset_of!(BlockQ4_1, qs);
     let low4 = _mm256_set1_epi32(0x0F);
-    for (block, out) in src.chunks_exact(size_of::<BlockQ4_1>()).zip(dst.chunks_exact_mut(32)) {
+    for (block, out) in src
+        .chunks_exact(size_of::<BlockQ4_1>())
+        .zip(dst.chunks_exact_mut(32))
+    {
         let d = _mm256_set1_ps(f16_at(block, D));
         let m = _mm256_set1_ps(f16_at(block, M));
         let qs = block.as_ptr().add(QS);
@@ -163,7 +167,10 @@ unsafe fn decode_q4_1(src: &[u8], dst: &mut [f32]) {
 unsafe fn decode_q8_0(src: &[u8], dst: &mut [f32]) {
     const D: usize = offset_of!(BlockQ8_0, d);
     const QS: usize = offset_of!(BlockQ8_0, qs);
-    for (block, out) in src.chunks_exact(size_of::<BlockQ8_0>()).zip(dst.chunks_exact_mut(32)) {
+    for (block, out) in src
+        .chunks_exact(size_of::<BlockQ8_0>())
+        .zip(dst.chunks_exact_mut(32))
+    {
         let d = _mm256_set1_ps(f16_at(block, D));
         let qs = block.as_ptr().add(QS);
         for v in 0..4 {
@@ -190,7 +197,10 @@ unsafe fn decode_q4k(src: &[u8], dst: &mut [f32]) {
     const SCALES: usize = offset_of!(BlockQ4K, scales);
     const QS: usize = offset_of!(BlockQ4K, qs);
     let low4 = _mm256_set1_epi32(0x0F);
-    for (block, out) in src.chunks_exact(size_of::<BlockQ4K>()).zip(dst.chunks_exact_mut(256)) {
+    for (block, out) in src
+        .chunks_exact(size_of::<BlockQ4K>())
+        .zip(dst.chunks_exact_mut(256))
+    {
         let factors = k_block_factors(block, D, DMIN, SCALES);
         let qs = block.as_ptr().add(QS);
         // Pair p: sub-block 2p from the low nibbles of qs[32p..32p + 32], 2p + 1 from the high.
@@ -203,8 +213,16 @@ unsafe fn decode_q4k(src: &[u8], dst: &mut [f32]) {
                 let q = load_u8x8(qs.add(32 * p + 8 * v));
                 let low = _mm256_cvtepi32_ps(_mm256_and_si256(q, low4));
                 let high = _mm256_cvtepi32_ps(_mm256_srli_epi32::<4>(q));
-                store(out, 64 * p + 8 * v, _mm256_sub_ps(_mm256_mul_ps(d_low, low), m_low));
-                store(out, 64 * p + 32 + 8 * v, _mm256_sub_ps(_mm256_mul_ps(d_high, high), m_high));
+                store(
+                    out,
+                    64 * p + 8 * v,
+                    _mm256_sub_ps(_mm256_mul_ps(d_low, low), m_low),
+                );
+                store(
+                    out,
+                    64 * p + 32 + 8 * v,
+                    _mm256_sub_ps(_mm256_mul_ps(d_high, high), m_high),
+                );
             }
         }
     }
@@ -220,7 +238,10 @@ unsafe fn decode_q5k(src: &[u8], dst: &mut [f32]) {
     const QS: usize = offset_of!(BlockQ5K, qs);
     let low4 = _mm256_set1_epi32(0x0F);
     let one = _mm256_set1_epi32(1);
-    for (block, out) in src.chunks_exact(size_of::<BlockQ5K>()).zip(dst.chunks_exact_mut(256)) {
+    for (block, out) in src
+        .chunks_exact(size_of::<BlockQ5K>())
+        .zip(dst.chunks_exact_mut(256))
+    {
         let factors = k_block_factors(block, D, DMIN, SCALES);
         let qs = block.as_ptr().add(QS);
         let qh = block.as_ptr().add(QH);
@@ -236,12 +257,22 @@ unsafe fn decode_q5k(src: &[u8], dst: &mut [f32]) {
                 let h = load_u8x8(qh.add(8 * v));
                 let bit_low = _mm256_and_si256(_mm256_srl_epi32(h, shift_low), one);
                 let bit_high = _mm256_and_si256(_mm256_srl_epi32(h, shift_high), one);
-                let low = _mm256_or_si256(_mm256_and_si256(q, low4), _mm256_slli_epi32::<4>(bit_low));
-                let high = _mm256_or_si256(_mm256_srli_epi32::<4>(q), _mm256_slli_epi32::<4>(bit_high));
+                let low =
+                    _mm256_or_si256(_mm256_and_si256(q, low4), _mm256_slli_epi32::<4>(bit_low));
+                let high =
+                    _mm256_or_si256(_mm256_srli_epi32::<4>(q), _mm256_slli_epi32::<4>(bit_high));
                 let low = _mm256_cvtepi32_ps(low);
                 let high = _mm256_cvtepi32_ps(high);
-                store(out, 64 * p + 8 * v, _mm256_sub_ps(_mm256_mul_ps(d_low, low), m_low));
-                store(out, 64 * p + 32 + 8 * v, _mm256_sub_ps(_mm256_mul_ps(d_high, high), m_high));
+                store(
+                    out,
+                    64 * p + 8 * v,
+                    _mm256_sub_ps(_mm256_mul_ps(d_low, low), m_low),
+                );
+                store(
+                    out,
+                    64 * p + 32 + 8 * v,
+                    _mm256_sub_ps(_mm256_mul_ps(d_high, high), m_high),
+                );
             }
         }
     }
@@ -257,10 +288,12 @@ unsafe fn decode_q6k(src: &[u8], dst: &mut [f32]) {
     let low4 = _mm256_set1_epi32(0x0F);
     let low2 = _mm256_set1_epi32(3);
     let bias = _mm256_set1_epi32(32);
-    for (block, out) in src.chunks_exact(size_of::<BlockQ6K>()).zip(dst.chunks_exact_mut(256)) {
+    for (block, out) in src
+        .chunks_exact(size_of::<BlockQ6K>())
+        .zip(dst.chunks_exact_mut(256))
+    {
         let d = f16_at(block, D);
-        let factors: [f32; 16] =
-            std::array::from_fn(|i| d * f32::from(block[SCALES + i] as i8));
+        let factors: [f32; 16] = std::array::from_fn(|i| d * f32::from(block[SCALES + i] as i8));
         let ql = block.as_ptr().add(QL);
         let qh = block.as_ptr().add(QH);
         // Half h, quarter g (32 weights), lanes l = 8v..8v + 8.
@@ -276,13 +309,28 @@ unsafe fn decode_q6k(src: &[u8], dst: &mut [f32]) {
                     };
                     let qh_bytes = load_u8x8(qh.add(32 * h + 8 * v));
                     let top = _mm256_and_si256(_mm256_srl_epi32(qh_bytes, qh_shift), low2);
-                    let q = _mm256_sub_epi32(_mm256_or_si256(low, _mm256_slli_epi32::<4>(top)), bias);
+                    let q =
+                        _mm256_sub_epi32(_mm256_or_si256(low, _mm256_slli_epi32::<4>(top)), bias);
                     let scale = _mm256_set1_ps(factors[8 * h + 2 * g + v / 2]);
-                    store(out, 128 * h + 32 * g + 8 * v, _mm256_mul_ps(scale, _mm256_cvtepi32_ps(q)));
+                    store(
+                        out,
+                        128 * h + 32 * g + 8 * v,
+                        _mm256_mul_ps(scale, _mm256_cvtepi32_ps(q)),
+                    );
                 }
             }
         }
     }
+}
+
+/// F32: a copy, eight at a time (the bytes may be unaligned), the tail through the reference.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn decode_f32(src: &[u8], dst: &mut [f32]) {
+    let body = dst.len() / 8 * 8;
+    for (bytes, out) in src.chunks_exact(32).zip(dst.chunks_exact_mut(8)) {
+        store(out, 0, _mm256_loadu_ps(bytes.as_ptr().cast()));
+    }
+    decode_blocks(Format::F32, &src[4 * body..], &mut dst[body..]);
 }
 
 /// F16: eight at a time with `vcvtph2ps`, the tail through the reference.
@@ -290,7 +338,11 @@ unsafe fn decode_q6k(src: &[u8], dst: &mut [f32]) {
 unsafe fn decode_f16(src: &[u8], dst: &mut [f32]) {
     let body = dst.len() / 8 * 8;
     for (bytes, out) in src.chunks_exact(16).zip(dst.chunks_exact_mut(8)) {
-        store(out, 0, _mm256_cvtph_ps(_mm_loadu_si128(bytes.as_ptr().cast())));
+        store(
+            out,
+            0,
+            _mm256_cvtph_ps(_mm_loadu_si128(bytes.as_ptr().cast())),
+        );
     }
     decode_blocks(Format::F16, &src[2 * body..], &mut dst[body..]);
 }
@@ -301,7 +353,11 @@ unsafe fn decode_bf16(src: &[u8], dst: &mut [f32]) {
     let body = dst.len() / 8 * 8;
     for (bytes, out) in src.chunks_exact(16).zip(dst.chunks_exact_mut(8)) {
         let widened = _mm256_cvtepu16_epi32(_mm_loadu_si128(bytes.as_ptr().cast()));
-        store(out, 0, _mm256_castsi256_ps(_mm256_slli_epi32::<16>(widened)));
+        store(
+            out,
+            0,
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(widened)),
+        );
     }
     decode_blocks(Format::BF16, &src[2 * body..], &mut dst[body..]);
 }
@@ -361,8 +417,8 @@ unsafe fn dot_tile<const R: usize, const C: usize, const U: usize>(
     for r in 0..R {
         for c in 0..C {
             let mut total = acc[r][c][0];
-            for u in 1..U {
-                total = _mm256_add_ps(total, acc[r][c][u]);
+            for &more in &acc[r][c][1..] {
+                total = _mm256_add_ps(total, more);
             }
             out[r][c] = sum_lanes(total);
             for j in i..len {
@@ -371,4 +427,49 @@ unsafe fn dot_tile<const R: usize, const C: usize, const U: usize>(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::testing::{random_row, test_lengths, weights, Rng, SUPPORTED};
+
+    #[test]
+    fn decoders_match_reference_bit_for_bit() {
+        let Some(avx2) = Avx2::detect() else {
+            eprintln!("skipped: this CPU lacks AVX2/FMA/F16C");
+            return;
+        };
+        let mut rng = Rng::new(11);
+        for ty in SUPPORTED {
+            let format = Format::of(ty).unwrap();
+            for n in test_lengths(ty) {
+                let row = random_row(&mut rng, ty, n);
+                let want = weights(ty, &row, n);
+                let mut got = vec![f32::NAN; n];
+                avx2.decode(format, &row, &mut got);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(g.to_bits(), w.to_bits(), "{ty}, {n} elements, element {i}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn decoders_keep_nan_and_infinite_scales() {
+        let Some(avx2) = Avx2::detect() else {
+            eprintln!("skipped: this CPU lacks AVX2/FMA/F16C");
+            return;
+        };
+        // Q8_0 with d = +inf (0x7C00) and q = 0: inf·0 is NaN in both paths.
+        let mut block = vec![0x00, 0x7C];
+        block.extend([0u8, 1, 0xFF].iter().cycle().take(32));
+        let want = weights(crate::quant::GgmlType::Q8_0, &block, 32);
+        let mut got = [0.0f32; 32];
+        avx2.decode(Format::Q8_0, &block, &mut got);
+        assert!(got[0].is_nan() && want[0].is_nan());
+        assert_eq!(got[1], f32::INFINITY);
+        assert_eq!(got[2], f32::NEG_INFINITY);
+        assert_eq!(&got[1..3], &want[1..3]);
+    }
 }

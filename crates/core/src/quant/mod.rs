@@ -183,12 +183,29 @@ pub enum QuantError {
          (supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K)"
     )]
     Unsupported { ty: GgmlType },
-    #[error("{n_elements} elements of {ty} are not a whole number of {block_elems}-element blocks")]
-    PartialBlock { ty: GgmlType, n_elements: usize, block_elems: usize },
-    #[error("{n_elements} elements of {ty} take {expected_bytes} bytes, but {got_bytes} were given")]
-    ByteCount { ty: GgmlType, n_elements: usize, expected_bytes: usize, got_bytes: usize },
+    #[error(
+        "{n_elements} elements of {ty} are not a whole number of {block_elems}-element blocks"
+    )]
+    PartialBlock {
+        ty: GgmlType,
+        n_elements: usize,
+        block_elems: usize,
+    },
+    #[error(
+        "{n_elements} elements of {ty} take {expected_bytes} bytes, but {got_bytes} were given"
+    )]
+    ByteCount {
+        ty: GgmlType,
+        n_elements: usize,
+        expected_bytes: usize,
+        got_bytes: usize,
+    },
     #[error("{what}: expected {expected} f32 values, got {got}")]
-    Shape { what: &'static str, expected: usize, got: usize },
+    Shape {
+        what: &'static str,
+        expected: usize,
+        got: usize,
+    },
 }
 
 /// A tensor type this build can decode: [`GgmlType`] narrowed to the supported types, so that
@@ -253,7 +270,11 @@ pub(crate) fn check_elems(ty: GgmlType, n_elements: usize) -> Result<Format, Qua
     let format = Format::of(ty).ok_or(QuantError::Unsupported { ty })?;
     let block_elems = ty.block_elems();
     if n_elements % block_elems != 0 {
-        return Err(QuantError::PartialBlock { ty, n_elements, block_elems });
+        return Err(QuantError::PartialBlock {
+            ty,
+            n_elements,
+            block_elems,
+        });
     }
     Ok(format)
 }
@@ -268,7 +289,12 @@ pub(crate) fn check_bytes(
     // Saturating: an overflowing size can only mismatch, which is the error reported.
     let expected_bytes = (n_elements / ty.block_elems()).saturating_mul(ty.block_bytes());
     if expected_bytes != n_bytes {
-        return Err(QuantError::ByteCount { ty, n_elements, expected_bytes, got_bytes: n_bytes });
+        return Err(QuantError::ByteCount {
+            ty,
+            n_elements,
+            expected_bytes,
+            got_bytes: n_bytes,
+        });
     }
     Ok(())
 }
