@@ -167,6 +167,44 @@ impl RopeTable {
     }
 }
 
+/// Writes `src` rotated by the given angles into `dst` (components past `2 · cos.len()` are
+/// copied unchanged). One pass, so callers that gather keys need no separate copy. Always
+/// inlined, so that it is vectorised with the caller's target features.
+#[inline(always)]
+pub fn rotate_into(src: &[f32], dst: &mut [f32], cos: &[f32], sin: &[f32], style: RopeStyle) {
+    let half = cos.len();
+    match style {
+        RopeStyle::Adjacent => {
+            // Four pairs at a time as 8-wide lanes: d = x·(c,c) + swap(x)·(−s,s). The same
+            // products and sums as the pairwise form, so the result is bit-identical to it.
+            let n4 = half / 4 * 4;
+            let lanes = dst[..2 * n4].chunks_exact_mut(8).zip(src[..2 * n4].chunks_exact(8));
+            for ((d, x), (c, sn)) in lanes.zip(cos[..n4].chunks_exact(4).zip(sin[..n4].chunks_exact(4))) {
+                let cc = [c[0], c[0], c[1], c[1], c[2], c[2], c[3], c[3]];
+                let ss = [-sn[0], sn[0], -sn[1], sn[1], -sn[2], sn[2], -sn[3], sn[3]];
+                let sw = [x[1], x[0], x[3], x[2], x[5], x[4], x[7], x[6]];
+                for k in 0..8 {
+                    d[k] = x[k] * cc[k] + sw[k] * ss[k];
+                }
+            }
+            for i in n4..half {
+                let (a, b) = (src[2 * i], src[2 * i + 1]);
+                dst[2 * i] = a * cos[i] - b * sin[i];
+                dst[2 * i + 1] = a * sin[i] + b * cos[i];
+            }
+        }
+        RopeStyle::Halves => {
+            let (dlo, dhi) = dst[..2 * half].split_at_mut(half);
+            let (slo, shi) = src[..2 * half].split_at(half);
+            for i in 0..half {
+                dlo[i] = slo[i] * cos[i] - shi[i] * sin[i];
+                dhi[i] = slo[i] * sin[i] + shi[i] * cos[i];
+            }
+        }
+    }
+    dst[2 * half..].copy_from_slice(&src[2 * half..]);
+}
+
 /// Rotates the leading `2 · cos.len()` components of `x` by the given angles.
 #[inline]
 pub fn rotate_with(x: &mut [f32], cos: &[f32], sin: &[f32], style: RopeStyle) {
@@ -246,6 +284,22 @@ mod tests {
         ];
         for (a, b) in x.iter().zip(want) {
             assert!((*a as f64 - b).abs() < 1e-6, "{x:?}");
+        }
+    }
+
+    #[test]
+    fn rotate_into_equals_copy_then_rotate() {
+        for style in [RopeStyle::Adjacent, RopeStyle::Halves] {
+            // A partial rotation (6 of 10 dims) checks that the tail is copied unchanged.
+            let mut t = RopeTable::new(RopeConfig { theta: 500.0, dim: 6, style, scaling: RopeScaling::None });
+            t.ensure(40);
+            let src: Vec<f32> = (0..10).map(|i| i as f32 * 0.3 - 1.0).collect();
+            let mut a = src.clone();
+            t.rotate(&mut a, 37);
+            let mut b = vec![f32::NAN; 10];
+            let (c, s) = t.row(37);
+            rotate_into(&src, &mut b, c, s, style);
+            assert_eq!(a, b);
         }
     }
 

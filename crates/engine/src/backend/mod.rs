@@ -124,6 +124,10 @@ pub trait Backend: Send + Sync {
 
     fn name(&self) -> &'static str;
 
+    /// Runs a whole forward step in the backend's execution context (the CPU backend's thread
+    /// pool: ops then run inside it, and their parallel loops find the workers awake).
+    fn run_step<R: Send>(&self, step: impl FnOnce() -> R + Send) -> R;
+
     fn load_matrix(&self, tensor: &TensorRef) -> Result<Self::Matrix, EngineError>;
     fn load_vector(&self, values: &[f32]) -> Result<Self::Vector, EngineError>;
     fn new_kv_store(&self, layout: KvLayout, capacity_pages: usize) -> Result<Self::KvStore, EngineError>;

@@ -180,6 +180,19 @@ impl<B: Backend> Llama<B> {
         ws: &mut Workspace<B>,
         logit_rows: &[usize],
     ) -> Result<Vec<f32>, EngineError> {
+        self.backend.ensure_rope(&mut self.rope, plan.max_end_pos())?;
+        let this = &*self;
+        this.backend.run_step(|| this.forward_in_context(tokens, plan, store, ws, logit_rows))
+    }
+
+    fn forward_in_context(
+        &self,
+        tokens: &[u32],
+        plan: &BatchPlan,
+        store: &mut B::KvStore,
+        ws: &mut Workspace<B>,
+        logit_rows: &[usize],
+    ) -> Result<Vec<f32>, EngineError> {
         let rows = tokens.len();
         if rows == 0 || rows != plan.n_rows() || rows > ws.max_rows || logit_rows.len() > ws.max_rows {
             return Err(EngineError::InvalidRequest {
@@ -192,7 +205,6 @@ impl<B: Backend> Llama<B> {
         }
         let b = &self.backend;
         let c = &self.config;
-        b.ensure_rope(&mut self.rope, plan.max_end_pos())?;
         for act in [&mut ws.x, &mut ws.h, &mut ws.q, &mut ws.k, &mut ws.v, &mut ws.attn, &mut ws.proj] {
             b.set_rows(act, rows)?;
         }

@@ -9,7 +9,7 @@
 //! softmax. Long contexts with few queries (decode) are split over key ranges so that all
 //! threads work; the partial softmax states are merged at the end.
 
-use infinihip_core::rope::{rotate_with, RopeTable};
+use infinihip_core::rope::{rotate_into, RopeTable};
 use rayon::prelude::*;
 
 use super::simd;
@@ -38,6 +38,40 @@ struct Partial {
     m: Vec<f32>,
     l: Vec<f32>,
     acc: Vec<f32>,
+}
+
+/// The online softmax of one item, updated tile by tile.
+struct Softmax {
+    m: Vec<f32>,
+    l: Vec<f32>,
+    acc: Vec<f32>,
+}
+
+impl Softmax {
+    /// Folds in row `r`'s scores `s` (overwritten with their weights) of keys whose values are
+    /// `v_rows[..s.len()]`.
+    #[inline(always)]
+    fn update(&mut self, r: usize, s: &mut [f32], v_rows: &[&[f32]]) {
+        if s.is_empty() {
+            return;
+        }
+        let d = self.acc.len() / self.m.len();
+        let tile_max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let m_new = self.m[r].max(tile_max);
+        let correction = simd::exp(self.m[r] - m_new);
+        let a = &mut self.acc[r * d..(r + 1) * d];
+        if correction != 1.0 {
+            simd::scale(a, correction);
+        }
+        for sj in s.iter_mut() {
+            *sj = simd::exp(*sj - m_new);
+        }
+        for (&p, v) in s.iter().zip(v_rows) {
+            simd::axpy(p, v, a);
+        }
+        self.l[r] = self.l[r] * correction + simd::sum(s);
+        self.m[r] = m_new;
+    }
 }
 
 pub(super) fn dense_attention(
@@ -80,8 +114,45 @@ fn plan_items(plan: &BatchPlan, n_kv_heads: usize) -> Vec<Item> {
     items
 }
 
+/// Dispatches to a copy of `attend_item_body` compiled for AVX2 when the CPU has it.
 #[allow(clippy::too_many_arguments)]
 fn attend_item(
+    store: &CpuKvStore,
+    layer: usize,
+    q: &[f32],
+    plan: &BatchPlan,
+    seq: &SeqSlice,
+    it: &Item,
+    shape: AttentionShape,
+    rope: &RopeTable,
+) -> Partial {
+    #[cfg(target_arch = "x86_64")]
+    if simd::has_avx2_fma() {
+        // SAFETY: the CPU has the features the function is compiled for.
+        return unsafe { attend_item_avx2(store, layer, q, plan, seq, it, shape, rope) };
+    }
+    attend_item_body(store, layer, q, plan, seq, it, shape, rope)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_item_avx2(
+    store: &CpuKvStore,
+    layer: usize,
+    q: &[f32],
+    plan: &BatchPlan,
+    seq: &SeqSlice,
+    it: &Item,
+    shape: AttentionShape,
+    rope: &RopeTable,
+) -> Partial {
+    attend_item_body(store, layer, q, plan, seq, it, shape, rope)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn attend_item_body(
     store: &CpuKvStore,
     layer: usize,
     q: &[f32],
@@ -106,19 +177,21 @@ fn attend_item(
             let h = it.kv_head * g + j;
             let src = &q[(seq.row_start + t) * q_width + h * d..][..d];
             let dst = &mut qr[row_pos.len() * d..][..d];
-            dst.copy_from_slice(src);
-            rotate(rope, dst, pos, style);
+            let (cos, sin) = rope.row(pos);
+            rotate_into(src, dst, cos, sin, style);
             simd::scale(dst, shape.scale);
             row_pos.push(pos);
         }
     }
 
-    let mut m = vec![f32::NEG_INFINITY; n_rows];
-    let mut l = vec![0f32; n_rows];
-    let mut acc = vec![0f32; n_rows * d];
-    let mut k_tile = vec![0f32; K_TILE * d];
-    let mut v_tile = vec![0f32; K_TILE * d];
-    let mut scores = [0f32; K_TILE];
+    let mut state = Softmax { m: vec![f32::NEG_INFINITY; n_rows], l: vec![0f32; n_rows], acc: vec![0f32; n_rows * d] };
+    // Few rows (decode): score key by key. Many rows (prefill): transpose the tile once so that
+    // each row scores it with broadcast-multiply-adds and no horizontal sums.
+    let transpose = n_rows > 8;
+    let mut k_tile = vec![0f32; d * K_TILE];
+    let mut k_rot = vec![0f32; d];
+    let mut v_rows: [&[f32]; K_TILE] = [&[]; K_TILE];
+    let mut scores = vec![[0f32; K_TILE]; n_rows];
 
     let last_pos = seq.pos_start + it.t1 - 1;
     let k_end = it.k1.min(last_pos + 1);
@@ -126,52 +199,47 @@ fn attend_item(
     let mut tile_start = it.k0;
     while tile_start < k_end {
         let tile_len = K_TILE.min(k_end - tile_start);
+        // Keys are rotated to their positions as they are gathered; values are read in place.
         for j in 0..tile_len {
             let pos = tile_start + j;
             let page = store.page(pages[pos / plan.page_size]);
             let slot = pos % plan.page_size;
-            let kd = &mut k_tile[j * d..(j + 1) * d];
-            kd.copy_from_slice(store.key(page, layer, slot, it.kv_head));
-            rotate(rope, kd, pos, style);
-            v_tile[j * d..(j + 1) * d].copy_from_slice(store.value(page, layer, slot, it.kv_head));
+            let (cos, sin) = rope.row(pos);
+            let key = store.key(page, layer, slot, it.kv_head);
+            if transpose {
+                rotate_into(key, &mut k_rot, cos, sin, style);
+                for (c, &v) in k_rot.iter().enumerate() {
+                    k_tile[c * K_TILE + j] = v;
+                }
+            } else {
+                rotate_into(key, &mut k_tile[j * d..(j + 1) * d], cos, sin, style);
+            }
+            v_rows[j] = store.value(page, layer, slot, it.kv_head);
         }
         for r in 0..n_rows {
+            let s = &mut scores[r];
+            let qv = &qr[r * d..(r + 1) * d];
+            if transpose {
+                s.fill(0.0);
+                for (c, &qc) in qv.iter().enumerate() {
+                    let k_c: &[f32; K_TILE] = k_tile[c * K_TILE..(c + 1) * K_TILE].try_into().expect("tile row");
+                    for (sj, &kj) in s.iter_mut().zip(k_c) {
+                        *sj += qc * kj;
+                    }
+                }
+            } else {
+                for (j, sj) in s[..tile_len].iter_mut().enumerate() {
+                    *sj = simd::dot(qv, &k_tile[j * d..(j + 1) * d]);
+                }
+            }
             // Causality: keys at positions ≤ the query's own.
             let visible = (row_pos[r] + 1).saturating_sub(tile_start).min(tile_len);
-            if visible == 0 {
-                continue;
-            }
-            let qv = &qr[r * d..(r + 1) * d];
-            let s = &mut scores[..visible];
-            for (j, sj) in s.iter_mut().enumerate() {
-                *sj = simd::dot(qv, &k_tile[j * d..(j + 1) * d]);
-            }
-            let tile_max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let m_new = m[r].max(tile_max);
-            let correction = simd::exp(m[r] - m_new);
-            let a = &mut acc[r * d..(r + 1) * d];
-            if correction != 1.0 {
-                simd::scale(a, correction);
-            }
-            let mut sum = 0f32;
-            for sj in s.iter_mut() {
-                *sj = simd::exp(*sj - m_new);
-                sum += *sj;
-            }
-            for (j, &p) in s.iter().enumerate() {
-                simd::axpy(p, &v_tile[j * d..(j + 1) * d], a);
-            }
-            l[r] = l[r] * correction + sum;
-            m[r] = m_new;
+            state.update(r, &mut s[..visible], &v_rows);
         }
         tile_start += tile_len;
     }
+    let Softmax { m, l, acc } = state;
     Partial { m, l, acc }
-}
-
-fn rotate(rope: &RopeTable, x: &mut [f32], pos: usize, style: infinihip_core::rope::RopeStyle) {
-    let (cos, sin) = rope.row(pos);
-    rotate_with(x, cos, sin, style);
 }
 
 /// Combines the partial softmax states of each row's key ranges and writes `acc / l`.

@@ -132,7 +132,7 @@ fn pack_panel(w: &QuantMatrix<'_>, n0: usize, n_valid: usize, panel: &mut [f32],
 unsafe fn micro_tile(m: usize, x: &[f32], k: usize, panel: &[f32], out: *mut f32, ldo: usize, n_valid: usize) {
     #[cfg(target_arch = "x86_64")]
     {
-        if has_avx2_fma() {
+        if super::simd::has_avx2_fma() {
             return match m {
                 6 => avx2::tile::<6>(x, k, panel, out, ldo, n_valid),
                 5 => avx2::tile::<5>(x, k, panel, out, ldo, n_valid),
@@ -162,13 +162,6 @@ unsafe fn portable_tile(m: usize, x: &[f32], k: usize, panel: &[f32], out: *mut 
             *out.add(i * ldo + j) = v;
         }
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-fn has_avx2_fma() -> bool {
-    use std::sync::OnceLock;
-    static DETECTED: OnceLock<bool> = OnceLock::new();
-    *DETECTED.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
 }
 
 #[cfg(target_arch = "x86_64")]

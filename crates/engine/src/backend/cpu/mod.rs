@@ -151,6 +151,10 @@ impl Backend for CpuBackend {
         "cpu"
     }
 
+    fn run_step<R: Send>(&self, step: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(step)
+    }
+
     fn load_matrix(&self, tensor: &TensorRef) -> Result<CpuMatrix, EngineError> {
         let info = tensor.info();
         let [n_in, n_out] = match info.dims[..] {
