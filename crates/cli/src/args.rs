@@ -23,6 +23,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// One chat turn: render PROMPT with the model's chat template and stream the reply.
+    #[command(allow_negative_numbers = true)]
     Run {
         /// The user message.
         prompt: String,
@@ -35,6 +36,7 @@ pub enum Command {
         gen: GenArgs,
     },
     /// An interactive multi-turn chat on stdin/stdout (`/reset` starts over, `/exit` or EOF ends).
+    #[command(allow_negative_numbers = true)]
     Chat {
         /// A system message (default: the template's own, if it has one).
         #[arg(long)]
@@ -45,6 +47,7 @@ pub enum Command {
         gen: GenArgs,
     },
     /// Raw continuation of TEXT, with no chat template.
+    #[command(allow_negative_numbers = true)]
     Complete {
         /// The text to continue.
         text: String,

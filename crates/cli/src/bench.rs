@@ -65,7 +65,9 @@ pub fn cpu(prompt_tokens: usize, gen_tokens: usize, reps: usize, json: Option<&P
     let unit = opened.tokenizer.encode(FILLER, false)?;
     let prompt: Vec<u32> = unit.iter().copied().cycle().take(prompt_tokens).collect();
     let threads = engine.model().backend().threads();
-    eprintln!("bench cpu: {prompt_tokens} prompt tokens, {gen_tokens} decode steps, {reps} repetitions, {threads} threads");
+    eprintln!(
+        "bench cpu: {prompt_tokens} prompt tokens, {gen_tokens} decode steps, {reps} repetitions, {threads} threads"
+    );
 
     let (mut prefill, mut decode) = (Vec::new(), Vec::new());
     for rep in 0..reps {

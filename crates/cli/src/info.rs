@@ -53,7 +53,11 @@ pub fn info(model: Option<PathBuf>, all: bool) -> Result<()> {
 fn print_config(file: &GgufFile) {
     match ModelConfig::from_metadata(file.metadata(), None) {
         Ok(c) => {
-            println!("architecture:    {}{}", c.arch.name(), c.name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default());
+            println!(
+                "architecture:    {}{}",
+                c.arch.name(),
+                c.name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default()
+            );
             println!("context length:  {}", c.context_length);
             println!(
                 "dimensions:      {} layers, width {}, MLP {}, {} query heads, {} KV heads, head dim {}, vocab {}",

@@ -25,6 +25,14 @@ pub fn model_path(args: &ModelPath) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The default model's path, fetched first if it is not in the cache.
+pub fn default_model_path() -> Result<PathBuf> {
+    let mut display = FetchDisplay::default();
+    let path = model_store::fetch_default_model(&mut |e| display.show(e))?;
+    display.finish();
+    Ok(path)
+}
+
 pub fn open_gguf(path: &Path) -> Result<Arc<GgufFile>> {
     Ok(Arc::new(GgufFile::open(path).with_context(|| format!("reading model {}", path.display()))?))
 }

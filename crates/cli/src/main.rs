@@ -32,7 +32,7 @@ fn run() -> Result<()> {
         Command::Tokenize { text, special, verbose, model } => info::tokenize(&text, special, verbose, &model),
         Command::Info { model, all } => info::info(model, all),
         Command::Fetch => {
-            let path = load::model_path(&args::ModelPath { model: None })?;
+            let path = load::default_model_path()?;
             println!("{}", path.display());
             Ok(())
         }

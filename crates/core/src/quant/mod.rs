@@ -183,29 +183,12 @@ pub enum QuantError {
          (supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K)"
     )]
     Unsupported { ty: GgmlType },
-    #[error(
-        "{n_elements} elements of {ty} are not a whole number of {block_elems}-element blocks"
-    )]
-    PartialBlock {
-        ty: GgmlType,
-        n_elements: usize,
-        block_elems: usize,
-    },
-    #[error(
-        "{n_elements} elements of {ty} take {expected_bytes} bytes, but {got_bytes} were given"
-    )]
-    ByteCount {
-        ty: GgmlType,
-        n_elements: usize,
-        expected_bytes: usize,
-        got_bytes: usize,
-    },
+    #[error("{n_elements} elements of {ty} are not a whole number of {block_elems}-element blocks")]
+    PartialBlock { ty: GgmlType, n_elements: usize, block_elems: usize },
+    #[error("{n_elements} elements of {ty} take {expected_bytes} bytes, but {got_bytes} were given")]
+    ByteCount { ty: GgmlType, n_elements: usize, expected_bytes: usize, got_bytes: usize },
     #[error("{what}: expected {expected} f32 values, got {got}")]
-    Shape {
-        what: &'static str,
-        expected: usize,
-        got: usize,
-    },
+    Shape { what: &'static str, expected: usize, got: usize },
 }
 
 /// A tensor type this build can decode: [`GgmlType`] narrowed to the supported types, so that
@@ -235,12 +218,9 @@ impl Format {
             GgmlType::Q4K => Format::Q4K,
             GgmlType::Q5K => Format::Q5K,
             GgmlType::Q6K => Format::Q6K,
-            GgmlType::Q5_0
-            | GgmlType::Q5_1
-            | GgmlType::Q8_1
-            | GgmlType::Q2K
-            | GgmlType::Q3K
-            | GgmlType::Q8K => return None,
+            GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_1 | GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q8K => {
+                return None
+            }
         })
     }
 
@@ -270,41 +250,24 @@ pub(crate) fn check_elems(ty: GgmlType, n_elements: usize) -> Result<Format, Qua
     let format = Format::of(ty).ok_or(QuantError::Unsupported { ty })?;
     let block_elems = ty.block_elems();
     if n_elements % block_elems != 0 {
-        return Err(QuantError::PartialBlock {
-            ty,
-            n_elements,
-            block_elems,
-        });
+        return Err(QuantError::PartialBlock { ty, n_elements, block_elems });
     }
     Ok(format)
 }
 
 /// Checks that `n_bytes` are exactly the bytes of `n_elements` (whole blocks) of `format`.
-pub(crate) fn check_bytes(
-    format: Format,
-    n_elements: usize,
-    n_bytes: usize,
-) -> Result<(), QuantError> {
+pub(crate) fn check_bytes(format: Format, n_elements: usize, n_bytes: usize) -> Result<(), QuantError> {
     let ty = format.ty();
     // Saturating: an overflowing size can only mismatch, which is the error reported.
     let expected_bytes = (n_elements / ty.block_elems()).saturating_mul(ty.block_bytes());
     if expected_bytes != n_bytes {
-        return Err(QuantError::ByteCount {
-            ty,
-            n_elements,
-            expected_bytes,
-            got_bytes: n_bytes,
-        });
+        return Err(QuantError::ByteCount { ty, n_elements, expected_bytes, got_bytes: n_bytes });
     }
     Ok(())
 }
 
 /// Both checks: `ty` is supported and `n_bytes` hold exactly `n_elements` elements of it.
-pub(crate) fn check_len(
-    ty: GgmlType,
-    n_elements: usize,
-    n_bytes: usize,
-) -> Result<Format, QuantError> {
+pub(crate) fn check_len(ty: GgmlType, n_elements: usize, n_bytes: usize) -> Result<Format, QuantError> {
     let format = check_elems(ty, n_elements)?;
     check_bytes(format, n_elements, n_bytes)?;
     Ok(format)

@@ -61,21 +61,11 @@ fn f16_fields(ty: GgmlType) -> &'static [usize] {
 pub(crate) fn random_row(rng: &mut Rng, ty: GgmlType, n_elements: usize) -> Vec<u8> {
     let n_blocks = n_elements / ty.block_elems();
     match ty {
-        GgmlType::F32 => rng
-            .f32s(n_elements)
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        GgmlType::F16 => (0..n_elements)
-            .flat_map(|_| f16::from_f32(rng.f32_in(-2.0, 2.0)).to_le_bytes())
-            .collect(),
-        GgmlType::BF16 => (0..n_elements)
-            .flat_map(|_| bf16::from_f32(rng.f32_in(-2.0, 2.0)).to_le_bytes())
-            .collect(),
+        GgmlType::F32 => rng.f32s(n_elements).iter().flat_map(|v| v.to_le_bytes()).collect(),
+        GgmlType::F16 => (0..n_elements).flat_map(|_| f16::from_f32(rng.f32_in(-2.0, 2.0)).to_le_bytes()).collect(),
+        GgmlType::BF16 => (0..n_elements).flat_map(|_| bf16::from_f32(rng.f32_in(-2.0, 2.0)).to_le_bytes()).collect(),
         _ => {
-            let mut bytes: Vec<u8> = (0..n_blocks * ty.block_bytes())
-                .map(|_| rng.next_u64() as u8)
-                .collect();
+            let mut bytes: Vec<u8> = (0..n_blocks * ty.block_bytes()).map(|_| rng.next_u64() as u8).collect();
             for block in bytes.chunks_exact_mut(ty.block_bytes()) {
                 for &at in f16_fields(ty) {
                     let scale = f16::from_f32(rng.f32_in(-0.1, 0.1));
@@ -129,9 +119,7 @@ pub(crate) const SUPPORTED: [GgmlType; 9] = [
 /// the one-element types, lengths that leave every SIMD tail.
 pub(crate) fn test_lengths(ty: GgmlType) -> Vec<usize> {
     if ty.block_elems() == 1 {
-        vec![
-            1, 2, 7, 8, 9, 15, 16, 17, 31, 33, 64, 100, 255, 256, 257, 600,
-        ]
+        vec![1, 2, 7, 8, 9, 15, 16, 17, 31, 33, 64, 100, 255, 256, 257, 600]
     } else {
         (1..=8).chain([19]).map(|n| n * ty.block_elems()).collect()
     }

@@ -36,45 +36,23 @@ pub enum TokenizerError {
     #[error("unsupported pre-tokenizer `{name}` (supported: smollm, starcoder, llama-bpe, llama3, llama-v3, qwen2, deepseek-r1-qwen)")]
     UnsupportedPreTokenizer { name: String },
     #[error("`{key}` has {found} entries but the vocabulary has {expected} tokens")]
-    LengthMismatch {
-        key: &'static str,
-        found: usize,
-        expected: usize,
-    },
+    LengthMismatch { key: &'static str, found: usize, expected: usize },
     #[error("`{key}` holds {found} elements, expected {expected}")]
-    WrongElementType {
-        key: &'static str,
-        expected: &'static str,
-        found: &'static str,
-    },
+    WrongElementType { key: &'static str, expected: &'static str, found: &'static str },
     #[error("token {id} has token type {value}, which is not a GGUF token type (0..=6)")]
     InvalidTokenType { id: usize, value: i64 },
     #[error("token {id} {text:?} duplicates token {first}")]
-    DuplicateToken {
-        id: usize,
-        first: usize,
-        text: String,
-    },
+    DuplicateToken { id: usize, first: usize, text: String },
     #[error("merge #{index} {merge:?} is not of the form \"left right\"")]
     MalformedMerge { index: usize, merge: String },
     #[error("`{key}` = {id} is outside the vocabulary of {vocab_size} tokens")]
-    SpecialIdOutOfRange {
-        key: &'static str,
-        id: usize,
-        vocab_size: usize,
-    },
+    SpecialIdOutOfRange { key: &'static str, id: usize, vocab_size: usize },
     #[error("`tokenizer.ggml.{flag}` is set but `tokenizer.ggml.{key}` is missing")]
-    MissingSpecialId {
-        flag: &'static str,
-        key: &'static str,
-    },
+    MissingSpecialId { flag: &'static str, key: &'static str },
     #[error("token {id} {text:?} has the byte type but is not of the form <0xXX>")]
     MalformedByteToken { id: usize, text: String },
     #[error("cannot build {what}: {source}")]
-    Pipeline {
-        what: &'static str,
-        source: tokenizers::Error,
-    },
+    Pipeline { what: &'static str, source: tokenizers::Error },
     #[error("encoding failed: {source}")]
     Encode { source: tokenizers::Error },
     #[error("token id {id} is outside the vocabulary of {vocab_size} tokens")]
@@ -84,15 +62,8 @@ pub enum TokenizerError {
 /// Token texts that end a turn in common chat formats. A vocabulary token with one of these
 /// texts is a stop id only if it is not normal text: a code vocabulary may well hold `</s>`
 /// (the HTML tag) as a normal token.
-const END_OF_TURN_TEXTS: &[&str] = &[
-    "<|im_end|>",
-    "<|eot_id|>",
-    "<|eom_id|>",
-    "<|end|>",
-    "<|endoftext|>",
-    "</s>",
-    "<end_of_turn>",
-];
+const END_OF_TURN_TEXTS: &[&str] =
+    &["<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<|endoftext|>", "</s>", "<end_of_turn>"];
 
 /// A GGUF vocabulary, ready to encode and decode.
 pub struct Tokenizer {
@@ -132,16 +103,10 @@ impl Tokenizer {
             .iter()
             .zip(&vocab.token_types)
             .enumerate()
-            .filter(|(_, (text, ty))| {
-                **ty != TokenType::Normal && END_OF_TURN_TEXTS.contains(&text.as_str())
-            })
+            .filter(|(_, (text, ty))| **ty != TokenType::Normal && END_OF_TURN_TEXTS.contains(&text.as_str()))
             .map(|(id, _)| id as u32);
-        let mut stop_ids: Vec<u32> = vocab
-            .eos_id
-            .into_iter()
-            .chain(vocab.eot_ids.iter().copied())
-            .chain(by_text)
-            .collect();
+        let mut stop_ids: Vec<u32> =
+            vocab.eos_id.into_iter().chain(vocab.eot_ids.iter().copied()).chain(by_text).collect();
         stop_ids.sort_unstable();
         stop_ids.dedup();
 
@@ -173,27 +138,15 @@ impl Tokenizer {
     /// A byte-level vocabulary may lack a few byte tokens (SmolLM2 has none for six ASCII
     /// control characters); such bytes are dropped, as llama.cpp and HF tokenizers drop them.
     pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>, TokenizerError> {
-        let pipeline = if parse_special {
-            &self.with_special
-        } else {
-            &self.plain
-        };
-        let encoding = pipeline
-            .encode_fast(text, false)
-            .map_err(|source| TokenizerError::Encode { source })?;
+        let pipeline = if parse_special { &self.with_special } else { &self.plain };
+        let encoding = pipeline.encode_fast(text, false).map_err(|source| TokenizerError::Encode { source })?;
         let body = encoding.get_ids();
         let mut ids = Vec::with_capacity(body.len() + 2);
-        if let Some(bos) = self
-            .bos_id
-            .filter(|&bos| self.add_bos && body.first() != Some(&bos))
-        {
+        if let Some(bos) = self.bos_id.filter(|&bos| self.add_bos && body.first() != Some(&bos)) {
             ids.push(bos);
         }
         ids.extend_from_slice(body);
-        if let Some(eos) = self
-            .eos_id
-            .filter(|&eos| self.add_eos && body.last() != Some(&eos))
-        {
+        if let Some(eos) = self.eos_id.filter(|&eos| self.add_eos && body.last() != Some(&eos)) {
             ids.push(eos);
         }
         Ok(ids)
@@ -220,10 +173,7 @@ impl Tokenizer {
     /// The bytes token `id` contributes to decoded text. They need not be valid UTF-8 on their
     /// own (a byte-level token may hold half of a character).
     pub fn token_to_piece(&self, id: u32) -> Result<&[u8], TokenizerError> {
-        self.pieces.get(id).ok_or(TokenizerError::UnknownId {
-            id,
-            vocab_size: self.vocab_size(),
-        })
+        self.pieces.get(id).ok_or(TokenizerError::UnknownId { id, vocab_size: self.vocab_size() })
     }
 
     /// The token's string as stored in the vocabulary (`Ġworld`, `▁world`, `<0x0A>`).
@@ -278,10 +228,7 @@ impl Tokenizer {
         out: &mut Vec<u8>,
     ) -> Result<(), TokenizerError> {
         let (Some(ty), Some(mut piece)) = (self.token_type(id), self.pieces.get(id)) else {
-            return Err(TokenizerError::UnknownId {
-                id,
-                vocab_size: self.vocab_size(),
-            });
+            return Err(TokenizerError::UnknownId { id, vocab_size: self.vocab_size() });
         };
         if skip_special && ty.is_special() {
             return Ok(());

@@ -71,11 +71,7 @@ pub(crate) struct Pieces {
 }
 
 impl Pieces {
-    pub fn build(
-        tokens: &[String],
-        types: &[TokenType],
-        spelling: Spelling,
-    ) -> Result<Self, TokenizerError> {
+    pub fn build(tokens: &[String], types: &[TokenType], spelling: Spelling) -> Result<Self, TokenizerError> {
         let mut bytes = Vec::with_capacity(tokens.iter().map(String::len).sum());
         let mut offsets = Vec::with_capacity(tokens.len() + 1);
         offsets.push(0);
@@ -87,17 +83,11 @@ impl Pieces {
                         Some(byte) => bytes.push(byte),
                         None => bytes.extend_from_slice(ch.encode_utf8(&mut [0; 4]).as_bytes()),
                     }),
-                    Spelling::SentencePiece => {
-                        bytes.extend_from_slice(text.replace(SPM_SPACE, " ").as_bytes())
-                    }
+                    Spelling::SentencePiece => bytes.extend_from_slice(text.replace(SPM_SPACE, " ").as_bytes()),
                 },
                 TokenType::Byte => {
-                    let byte = parse_byte_token(text).ok_or_else(|| {
-                        TokenizerError::MalformedByteToken {
-                            id,
-                            text: text.clone(),
-                        }
-                    })?;
+                    let byte = parse_byte_token(text)
+                        .ok_or_else(|| TokenizerError::MalformedByteToken { id, text: text.clone() })?;
                     bytes.push(byte);
                 }
                 TokenType::Control | TokenType::Unknown | TokenType::UserDefined => {

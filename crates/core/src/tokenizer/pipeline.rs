@@ -77,10 +77,7 @@ impl PreTokenizer {
                 SplitDelimiterBehavior::Isolated,
                 false,
             )
-            .map_err(|source| TokenizerError::Pipeline {
-                what: "the split regex",
-                source,
-            })?;
+            .map_err(|source| TokenizerError::Pipeline { what: "the split regex", source })?;
             Ok(split.into())
         };
         // Bytes become characters last, after all splitting has seen the real text.
@@ -117,27 +114,18 @@ pub(crate) fn build(vocab: &GgufVocab) -> Result<Pipelines, TokenizerError> {
                 .vocab_and_merges(ids, merges.clone())
                 .ignore_merges(pre.ignores_merges())
                 .build()
-                .map_err(|source| TokenizerError::Pipeline {
-                    what: "the BPE model",
-                    source,
-                })?;
+                .map_err(|source| TokenizerError::Pipeline { what: "the BPE model", source })?;
             let mut tk = tokenizers::Tokenizer::new(model);
             tk.with_pre_tokenizer(Some(pre.build()?));
             tk
         }
         VocabModel::SentencePiece { scores } => {
             let merges = sentencepiece_merges(&vocab.tokens, &vocab.token_types, scores, &ids);
-            let mut builder = BPE::builder()
-                .vocab_and_merges(ids, merges)
-                .byte_fallback(true)
-                .fuse_unk(true);
+            let mut builder = BPE::builder().vocab_and_merges(ids, merges).byte_fallback(true).fuse_unk(true);
             if let Some(unk) = vocab.unk_id {
                 builder = builder.unk_token(vocab.tokens[unk as usize].clone());
             }
-            let model = builder.build().map_err(|source| TokenizerError::Pipeline {
-                what: "the BPE model",
-                source,
-            })?;
+            let model = builder.build().map_err(|source| TokenizerError::Pipeline { what: "the BPE model", source })?;
             let mut tk = tokenizers::Tokenizer::new(model);
             tk.with_normalizer(Some(sentencepiece_normalizer(vocab.add_space_prefix)?));
             tk
@@ -157,20 +145,14 @@ pub(crate) fn build(vocab: &GgufVocab) -> Result<Pipelines, TokenizerError> {
     let plain = base.clone();
     let mut with_special = base;
     with_special.add_special_tokens(&whole(TokenType::is_special, true));
-    Ok(Pipelines {
-        plain,
-        with_special,
-    })
+    Ok(Pipelines { plain, with_special })
 }
 
 /// Spaces become `▁`, and with `add_space_prefix` each fragment (the whole text, or each piece
 /// between matched special tokens, as in llama.cpp) starts with one.
 fn sentencepiece_normalizer(add_space_prefix: bool) -> Result<NormalizerWrapper, TokenizerError> {
-    let escape_spaces =
-        Replace::new(" ", SPM_SPACE).map_err(|source| TokenizerError::Pipeline {
-            what: "the space normaliser",
-            source,
-        })?;
+    let escape_spaces = Replace::new(" ", SPM_SPACE)
+        .map_err(|source| TokenizerError::Pipeline { what: "the space normaliser", source })?;
     let mut steps: Vec<NormalizerWrapper> = Vec::with_capacity(2);
     if add_space_prefix {
         steps.push(Prepend::new(SPM_SPACE.to_string()).into());
@@ -187,12 +169,7 @@ fn sentencepiece_normalizer(add_space_prefix: bool) -> Result<NormalizerWrapper,
 /// priority and then prefers the leftmost, while ranked merges order those pairs (here by id of
 /// the result, then by shorter left part). It matters only when two different splits of one
 /// piece are both present as adjacent symbols, which real vocabularies make rare.
-fn sentencepiece_merges(
-    tokens: &[String],
-    types: &[TokenType],
-    scores: &[f32],
-    ids: &Vocab,
-) -> Vec<(String, String)> {
+fn sentencepiece_merges(tokens: &[String], types: &[TokenType], scores: &[f32], ids: &Vocab) -> Vec<(String, String)> {
     let mut ranked: Vec<(f32, usize, usize)> = Vec::new();
     for (id, text) in tokens.iter().enumerate() {
         if types[id] != TokenType::Normal {

@@ -20,22 +20,12 @@ pub struct DecodeStream<'t> {
 
 impl<'t> DecodeStream<'t> {
     pub(crate) fn new(tokenizer: &'t Tokenizer, skip_special: bool) -> Self {
-        DecodeStream {
-            tokenizer,
-            skip_special,
-            pending: Vec::new(),
-            at_start: true,
-        }
+        DecodeStream { tokenizer, skip_special, pending: Vec::new(), at_start: true }
     }
 
     /// Adds one token; returns the text it completed, or `None` if nothing is complete yet.
     pub fn step(&mut self, id: u32) -> Result<Option<String>, TokenizerError> {
-        self.tokenizer.append_piece(
-            id,
-            self.skip_special,
-            &mut self.at_start,
-            &mut self.pending,
-        )?;
+        self.tokenizer.append_piece(id, self.skip_special, &mut self.at_start, &mut self.pending)?;
         let text = take_complete_utf8(&mut self.pending);
         Ok((!text.is_empty()).then_some(text))
     }

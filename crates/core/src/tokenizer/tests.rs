@@ -14,12 +14,7 @@ fn strings(items: &[&str]) -> Value {
 }
 
 fn metadata(entries: Vec<(&str, Value)>) -> Metadata {
-    Metadata::new(
-        entries
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect::<BTreeMap<_, _>>(),
-    )
+    Metadata::new(entries.into_iter().map(|(k, v)| (k.to_string(), v)).collect::<BTreeMap<_, _>>())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -66,39 +61,19 @@ fn byte_level(pre: &str) -> Tokenizer {
 #[test]
 fn pre_tokenizers_split_digits_as_their_models_do() {
     // smollm and qwen2: one digit per piece, so no digit merge applies ('1' = 49 … '5' = 53).
-    assert_eq!(
-        byte_level("smollm").encode("12345", false).unwrap(),
-        [49, 50, 51, 52, 53]
-    );
-    assert_eq!(
-        byte_level("qwen2").encode("12345", false).unwrap(),
-        [49, 50, 51, 52, 53]
-    );
+    assert_eq!(byte_level("smollm").encode("12345", false).unwrap(), [49, 50, 51, 52, 53]);
+    assert_eq!(byte_level("qwen2").encode("12345", false).unwrap(), [49, 50, 51, 52, 53]);
     // llama-bpe: groups of up to three, "123" | "45"; BOS (265) is on by default for it.
-    assert_eq!(
-        byte_level("llama-bpe").encode("12345", false).unwrap(),
-        [265, 257, 258]
-    );
+    assert_eq!(byte_level("llama-bpe").encode("12345", false).unwrap(), [265, 257, 258]);
 }
 
 #[test]
 fn llama_bpe_takes_whole_words_from_the_vocabulary() {
     // "xyz" is a token but no merge builds it: only ignore_merges (llama-bpe) finds it.
-    assert_eq!(
-        byte_level("llama-bpe").encode("xyz", false).unwrap(),
-        [265, 260]
-    );
-    assert_eq!(
-        byte_level("qwen2").encode("xyz", false).unwrap(),
-        [120, 121, 122]
-    );
+    assert_eq!(byte_level("llama-bpe").encode("xyz", false).unwrap(), [265, 260]);
+    assert_eq!(byte_level("qwen2").encode("xyz", false).unwrap(), [120, 121, 122]);
     // A BOS already written in the text is not doubled.
-    assert_eq!(
-        byte_level("llama-bpe")
-            .encode("<|begin|>xyz", true)
-            .unwrap(),
-        [265, 260]
-    );
+    assert_eq!(byte_level("llama-bpe").encode("<|begin|>xyz", true).unwrap(), [265, 260]);
 }
 
 #[test]
@@ -114,19 +89,13 @@ fn byte_level_spaces_and_contractions() {
 #[test]
 fn control_tokens_only_with_parse_special_user_defined_always() {
     let tk = byte_level("smollm");
-    assert_eq!(
-        tk.encode("hi<|im_end|><tool>", true).unwrap(),
-        [104, 105, 261, 262]
-    );
+    assert_eq!(tk.encode("hi<|im_end|><tool>", true).unwrap(), [104, 105, 261, 262]);
     // Without parse_special the control token is text: "<|" "im" "_" "end" "|>" byte by byte.
     assert_eq!(
         tk.encode("hi<|im_end|><tool>", false).unwrap(),
         [104, 105, 60, 124, 105, 109, 95, 101, 110, 100, 124, 62, 262]
     );
-    assert_eq!(
-        tk.decode(&[104, 105, 261, 262], false).unwrap(),
-        "hi<|im_end|><tool>"
-    );
+    assert_eq!(tk.decode(&[104, 105, 261, 262], false).unwrap(), "hi<|im_end|><tool>");
     assert_eq!(tk.decode(&[104, 105, 261, 262], true).unwrap(), "hi<tool>");
 }
 
@@ -157,17 +126,8 @@ fn byte_level_accessors_and_stop_ids() {
     assert_eq!(tk.token_str(32), Some("Ġ"));
     assert_eq!(tk.token_to_piece(32).unwrap(), b" ");
     assert_eq!(tk.token_id("<tool>"), Some(262));
-    assert!(matches!(
-        tk.token_to_piece(266),
-        Err(TokenizerError::UnknownId {
-            id: 266,
-            vocab_size: 266
-        })
-    ));
-    assert!(matches!(
-        tk.decode(&[1, 9999], false),
-        Err(TokenizerError::UnknownId { id: 9999, .. })
-    ));
+    assert!(matches!(tk.token_to_piece(266), Err(TokenizerError::UnknownId { id: 266, vocab_size: 266 })));
+    assert!(matches!(tk.decode(&[1, 9999], false), Err(TokenizerError::UnknownId { id: 9999, .. })));
 }
 
 #[test]
@@ -260,19 +220,10 @@ fn sentencepiece_merges_by_score() {
     // "▁hello▁world": ll(-1), he(-2), ▁w(-3), or(-4), llo(-5), ▁he(-6), ▁hello(-7), ▁wor(-8);
     // "wo" (-10) never gets its "w" and "▁world" is never reached, so "l" and "d" stay single.
     // BOS (1) is on by default.
-    assert_eq!(
-        tk.encode("hello world", false).unwrap(),
-        [1, 273, 274, 262, 266]
-    );
-    assert_eq!(
-        tk.decode(&[1, 273, 274, 262, 266], true).unwrap(),
-        "hello world"
-    );
+    assert_eq!(tk.encode("hello world", false).unwrap(), [1, 273, 274, 262, 266]);
+    assert_eq!(tk.decode(&[1, 273, 274, 262, 266], true).unwrap(), "hello world");
     // Only the first token's prefix space is dropped, and only when it comes first.
-    assert_eq!(
-        tk.decode(&[1, 273, 274, 262, 266], false).unwrap(),
-        "<s> hello world"
-    );
+    assert_eq!(tk.decode(&[1, 273, 274, 262, 266], false).unwrap(), "<s> hello world");
 }
 
 #[test]
@@ -296,10 +247,7 @@ fn sentencepiece_special_tokens_and_fragments() {
     // BOS in the text is not doubled.
     assert_eq!(tk.encode("<s>hello", true).unwrap(), [1, 273]);
     // As plain text, "<s>" is bytes 3C 73 3E and splits "▁" from "he": ▁ < s > he llo.
-    assert_eq!(
-        tk.encode("<s>hello", false).unwrap(),
-        [1, 259, 63, 118, 65, 268, 271]
-    );
+    assert_eq!(tk.encode("<s>hello", false).unwrap(), [1, 259, 63, 118, 65, 268, 271]);
     assert_eq!(tk.stop_ids(), [2]);
 }
 
@@ -333,70 +281,26 @@ fn set(entries: &mut [(&'static str, Value)], key: &str, value: Value) {
 #[test]
 fn unknown_pre_tokenizer_is_an_error() {
     let err = byte_level_error(|e| set(e, "tokenizer.ggml.pre", Value::String("mystery".into())));
-    assert!(
-        matches!(&err, TokenizerError::UnsupportedPreTokenizer { name } if name == "mystery"),
-        "{err}"
-    );
+    assert!(matches!(&err, TokenizerError::UnsupportedPreTokenizer { name } if name == "mystery"), "{err}");
     assert!(err.to_string().contains("mystery"));
 }
 
 #[test]
 fn malformed_vocabularies_are_errors() {
     let err = byte_level_error(|e| set(e, "tokenizer.ggml.model", Value::String("bert".into())));
-    assert!(
-        matches!(&err, TokenizerError::UnsupportedModel { name } if name == "bert"),
-        "{err}"
-    );
+    assert!(matches!(&err, TokenizerError::UnsupportedModel { name } if name == "bert"), "{err}");
 
-    let err = byte_level_error(|e| {
-        set(
-            e,
-            "tokenizer.ggml.token_type",
-            Value::Array(Array::I32(vec![1; 3])),
-        )
-    });
-    assert!(
-        matches!(
-            err,
-            TokenizerError::LengthMismatch {
-                found: 3,
-                expected: 266,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    let err = byte_level_error(|e| set(e, "tokenizer.ggml.token_type", Value::Array(Array::I32(vec![1; 3]))));
+    assert!(matches!(err, TokenizerError::LengthMismatch { found: 3, expected: 266, .. }), "{err}");
 
-    let err = byte_level_error(|e| {
-        set(
-            e,
-            "tokenizer.ggml.token_type",
-            Value::Array(Array::I32(vec![9; 266])),
-        )
-    });
-    assert!(
-        matches!(err, TokenizerError::InvalidTokenType { id: 0, value: 9 }),
-        "{err}"
-    );
+    let err = byte_level_error(|e| set(e, "tokenizer.ggml.token_type", Value::Array(Array::I32(vec![9; 266]))));
+    assert!(matches!(err, TokenizerError::InvalidTokenType { id: 0, value: 9 }), "{err}");
 
     let err = byte_level_error(|e| set(e, "tokenizer.ggml.bos_token_id", Value::U32(266)));
-    assert!(
-        matches!(
-            err,
-            TokenizerError::SpecialIdOutOfRange {
-                id: 266,
-                vocab_size: 266,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, TokenizerError::SpecialIdOutOfRange { id: 266, vocab_size: 266, .. }), "{err}");
 
     let err = byte_level_error(|e| set(e, "tokenizer.ggml.merges", strings(&["12"])));
-    assert!(
-        matches!(err, TokenizerError::MalformedMerge { index: 0, .. }),
-        "{err}"
-    );
+    assert!(matches!(err, TokenizerError::MalformedMerge { index: 0, .. }), "{err}");
 
     let err = byte_level_error(|e| set(e, "tokenizer.ggml.merges", strings(&["q q"])));
     assert!(matches!(err, TokenizerError::Pipeline { .. }), "{err}");
@@ -406,17 +310,7 @@ fn malformed_vocabularies_are_errors() {
     tokens[257] = "12".into();
     let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
     let err = byte_level_error(|e| set(e, "tokenizer.ggml.tokens", strings(&refs)));
-    assert!(
-        matches!(
-            err,
-            TokenizerError::DuplicateToken {
-                id: 257,
-                first: 256,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, TokenizerError::DuplicateToken { id: 257, first: 256, .. }), "{err}");
 
     let err = byte_level_error(|e| e.retain(|(k, _)| *k != "tokenizer.ggml.merges"));
     assert!(matches!(err, TokenizerError::Metadata(_)), "{err}");

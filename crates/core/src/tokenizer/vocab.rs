@@ -54,10 +54,7 @@ impl TokenType {
 /// The vocabulary family, with what each needs beyond the token list.
 pub(crate) enum VocabModel {
     /// `tokenizer.ggml.model = gpt2`: byte-level BPE over ranked merges.
-    Gpt2 {
-        pre: PreTokenizer,
-        merges: Vec<(String, String)>,
-    },
+    Gpt2 { pre: PreTokenizer, merges: Vec<(String, String)> },
     /// `tokenizer.ggml.model = llama`: SentencePiece BPE, merges ranked by piece score.
     SentencePiece { scores: Vec<f32> },
 }
@@ -95,68 +92,42 @@ impl GgufVocab {
         let (model, default_ids, mut add_bos, mut add_space_prefix) = match model_name {
             "gpt2" => {
                 let pre_name = md.str(KEY_PRE)?;
-                let pre = PreTokenizer::from_gguf_name(pre_name).ok_or_else(|| {
-                    TokenizerError::UnsupportedPreTokenizer {
-                        name: pre_name.to_string(),
-                    }
-                })?;
+                let pre = PreTokenizer::from_gguf_name(pre_name)
+                    .ok_or_else(|| TokenizerError::UnsupportedPreTokenizer { name: pre_name.to_string() })?;
                 let merges = read_merges(md)?;
-                (
-                    VocabModel::Gpt2 { pre, merges },
-                    [None, None, None],
-                    pre.adds_bos_by_default(),
-                    false,
-                )
+                (VocabModel::Gpt2 { pre, merges }, [None, None, None], pre.adds_bos_by_default(), false)
             }
             "llama" => {
                 let scores = read_scores(md, n_tokens)?;
-                (
-                    VocabModel::SentencePiece { scores },
-                    [Some(1), Some(2), Some(0)],
-                    true,
-                    true,
-                )
+                (VocabModel::SentencePiece { scores }, [Some(1), Some(2), Some(0)], true, true)
             }
-            other => {
-                return Err(TokenizerError::UnsupportedModel {
-                    name: other.to_string(),
-                })
-            }
+            other => return Err(TokenizerError::UnsupportedModel { name: other.to_string() }),
         };
         let [default_bos, default_eos, default_unk] = default_ids;
 
-        let special_id =
-            |key: &'static str, default: Option<u32>| -> Result<Option<u32>, TokenizerError> {
-                let id = match md.opt_usize(key)? {
-                    Some(id) => id,
-                    None => return Ok(default.filter(|&id| (id as usize) < n_tokens)),
-                };
-                match u32::try_from(id) {
-                    Ok(id32) if id < n_tokens => Ok(Some(id32)),
-                    _ => Err(TokenizerError::SpecialIdOutOfRange {
-                        key,
-                        id,
-                        vocab_size: n_tokens,
-                    }),
-                }
+        let special_id = |key: &'static str, default: Option<u32>| -> Result<Option<u32>, TokenizerError> {
+            let id = match md.opt_usize(key)? {
+                Some(id) => id,
+                None => return Ok(default.filter(|&id| (id as usize) < n_tokens)),
             };
+            match u32::try_from(id) {
+                Ok(id32) if id < n_tokens => Ok(Some(id32)),
+                _ => Err(TokenizerError::SpecialIdOutOfRange { key, id, vocab_size: n_tokens }),
+            }
+        };
         let bos_id = special_id("tokenizer.ggml.bos_token_id", default_bos)?;
         let eos_id = special_id("tokenizer.ggml.eos_token_id", default_eos)?;
         let unk_id = special_id("tokenizer.ggml.unknown_token_id", default_unk)?;
-        let eot_ids = [
-            special_id("tokenizer.ggml.eot_token_id", None)?,
-            special_id("tokenizer.ggml.eom_token_id", None)?,
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
+        let eot_ids =
+            [special_id("tokenizer.ggml.eot_token_id", None)?, special_id("tokenizer.ggml.eom_token_id", None)?]
+                .into_iter()
+                .flatten()
+                .collect();
 
         if let Some(flag) = md.opt_bool("tokenizer.ggml.add_bos_token")? {
             add_bos = flag;
         }
-        let add_eos = md
-            .opt_bool("tokenizer.ggml.add_eos_token")?
-            .unwrap_or(false);
+        let add_eos = md.opt_bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false);
         // llama.cpp honours the space prefix only for SentencePiece vocabularies.
         if matches!(model, VocabModel::SentencePiece { .. }) {
             if let Some(flag) = md.opt_bool("tokenizer.ggml.add_space_prefix")? {
@@ -164,16 +135,10 @@ impl GgufVocab {
             }
         }
         if add_bos && bos_id.is_none() {
-            return Err(TokenizerError::MissingSpecialId {
-                flag: "add_bos_token",
-                key: "bos_token_id",
-            });
+            return Err(TokenizerError::MissingSpecialId { flag: "add_bos_token", key: "bos_token_id" });
         }
         if add_eos && eos_id.is_none() {
-            return Err(TokenizerError::MissingSpecialId {
-                flag: "add_eos_token",
-                key: "eos_token_id",
-            });
+            return Err(TokenizerError::MissingSpecialId { flag: "add_eos_token", key: "eos_token_id" });
         }
 
         Ok(GgufVocab {
@@ -196,11 +161,7 @@ fn check_unique(tokens: &[String]) -> Result<(), TokenizerError> {
     let mut first_seen: HashMap<&str, usize> = HashMap::with_capacity(tokens.len());
     for (id, text) in tokens.iter().enumerate().filter(|(_, t)| !t.is_empty()) {
         if let Some(&first) = first_seen.get(text.as_str()) {
-            return Err(TokenizerError::DuplicateToken {
-                id,
-                first,
-                text: text.clone(),
-            });
+            return Err(TokenizerError::DuplicateToken { id, first, text: text.clone() });
         }
         first_seen.insert(text, id);
     }
@@ -222,9 +183,7 @@ fn read_token_types(md: &Metadata, n_tokens: usize) -> Result<Vec<TokenType>, To
     values
         .into_iter()
         .enumerate()
-        .map(|(id, value)| {
-            TokenType::from_gguf(value).ok_or(TokenizerError::InvalidTokenType { id, value })
-        })
+        .map(|(id, value)| TokenType::from_gguf(value).ok_or(TokenizerError::InvalidTokenType { id, value }))
         .collect()
 }
 
@@ -254,10 +213,7 @@ fn read_merges(md: &Metadata) -> Result<Vec<(String, String)>, TokenizerError> {
             let split = merge[first_char_len..]
                 .find(' ')
                 .map(|pos| first_char_len + pos)
-                .ok_or_else(|| TokenizerError::MalformedMerge {
-                    index,
-                    merge: merge.clone(),
-                })?;
+                .ok_or_else(|| TokenizerError::MalformedMerge { index, merge: merge.clone() })?;
             Ok((merge[..split].to_string(), merge[split + 1..].to_string()))
         })
         .collect()
@@ -267,10 +223,6 @@ fn check_len(key: &'static str, found: usize, expected: usize) -> Result<(), Tok
     if found == expected {
         Ok(())
     } else {
-        Err(TokenizerError::LengthMismatch {
-            key,
-            found,
-            expected,
-        })
+        Err(TokenizerError::LengthMismatch { key, found, expected })
     }
 }

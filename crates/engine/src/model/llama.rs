@@ -88,10 +88,18 @@ impl<B: Backend> Llama<B> {
             let t = TensorRef::new(file.clone(), name)?;
             let want = vec![n_in as u64, n_out as u64];
             if t.info().dims != want {
-                return Err(EngineError::TensorShape { tensor: name.to_string(), found: t.info().dims.clone(), expected: want });
+                return Err(EngineError::TensorShape {
+                    tensor: name.to_string(),
+                    found: t.info().dims.clone(),
+                    expected: want,
+                });
             }
             if t.info().n_elements % t.info().ty.block_elems() as u64 != 0 || n_in % t.info().ty.block_elems() != 0 {
-                return Err(EngineError::TensorShape { tensor: name.to_string(), found: t.info().dims.clone(), expected: want });
+                return Err(EngineError::TensorShape {
+                    tensor: name.to_string(),
+                    found: t.info().dims.clone(),
+                    expected: want,
+                });
             }
             backend.load_matrix(&t)
         };

@@ -253,8 +253,7 @@ fn merge_into(out: &mut [f32], items: &[Item], partials: &[Partial], plan: &Batc
     while i < items.len() {
         let first = &items[i];
         let mut j = i + 1;
-        while j < items.len() && (items[j].seq, items[j].kv_head, items[j].t0) == (first.seq, first.kv_head, first.t0)
-        {
+        while j < items.len() && (items[j].seq, items[j].kv_head, items[j].t0) == (first.seq, first.kv_head, first.t0) {
             j += 1;
         }
         let seq = &plan.seqs[first.seq];

@@ -240,7 +240,8 @@ mod tests {
 
     #[test]
     fn both_paths_match_f64_reference_on_ragged_shapes() {
-        for &(rows, n_out, n_in) in &[(1, 16, 32), (3, 37, 64), (4, 16, 32), (7, 50, 96), (13, 33, 576), (64, 48, 128)] {
+        for &(rows, n_out, n_in) in &[(1, 16, 32), (3, 37, 64), (4, 16, 32), (7, 50, 96), (13, 33, 576), (64, 48, 128)]
+        {
             let x = noise(rows * n_in, rows as u64);
             let w = noise(n_out * n_in, n_out as u64 + 7);
             let bytes = f32_matrix(&w);
@@ -249,7 +250,10 @@ mod tests {
             matmul(&x, rows, &m, &mut y);
             let want = reference(&x, rows, &w, n_out, n_in);
             for (i, (a, b)) in y.iter().zip(&want).enumerate() {
-                assert!((*a as f64 - b).abs() < 1e-4 * (1.0 + b.abs()), "rows {rows} n_out {n_out} n_in {n_in} at {i}: {a} vs {b}");
+                assert!(
+                    (*a as f64 - b).abs() < 1e-4 * (1.0 + b.abs()),
+                    "rows {rows} n_out {n_out} n_in {n_in} at {i}: {a} vs {b}"
+                );
             }
         }
     }

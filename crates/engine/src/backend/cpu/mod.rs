@@ -304,7 +304,10 @@ impl Backend for CpuBackend {
     ) -> Result<(), EngineError> {
         let width = store.layout.token_elems();
         if k.cols != width || v.cols != width || k.rows != plan.n_rows() || v.rows != k.rows {
-            return Err(shape_err("kv_write", format!("K {}×{}, V {}×{}, width {width}", k.rows, k.cols, v.rows, v.cols)));
+            return Err(shape_err(
+                "kv_write",
+                format!("K {}×{}, V {}×{}, width {width}", k.rows, k.cols, v.rows, v.cols),
+            ));
         }
         let page_elems = store.layout.page_elems();
         for seq in &plan.seqs {
