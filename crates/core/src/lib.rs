@@ -5,6 +5,7 @@
 
 pub mod chat;
 pub mod gguf;
+pub mod hip;
 pub mod model_config;
 pub mod model_store;
 pub mod quant;
