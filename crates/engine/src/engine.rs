@@ -129,7 +129,9 @@ impl<B: Backend> Engine<B> {
             logit_counts.push(rows.len());
             logit_rows.extend(rows);
         }
-        let logits = self.model.forward(&tokens, &plan, &mut self.store, &mut self.ws, &logit_rows)?;
+        let mut hip: Vec<_> = inputs.iter_mut().map(|i| i.seq.hip_mut()).collect();
+        let logits = self.model.forward(&tokens, &plan, &mut hip, &mut self.store, &mut self.ws, &logit_rows)?;
+        drop(hip);
         for input in inputs.iter_mut() {
             input.seq.advance(input.tokens.len(), self.options.page_size);
         }

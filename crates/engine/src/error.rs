@@ -1,6 +1,7 @@
 //! The engine's error type.
 
 use infinihip_core::gguf::GgufError;
+use infinihip_core::hip::HipError;
 use infinihip_core::model_config::ConfigError;
 
 use crate::kv::KvError;
@@ -14,6 +15,8 @@ pub enum EngineError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Kv(#[from] KvError),
+    #[error("HiP attention: {0}")]
+    Hip(#[from] HipError),
     #[error("tensor `{tensor}` has type {ty}, which this build cannot compute with")]
     UnsupportedTensorType { tensor: String, ty: &'static str },
     #[error("tensor `{tensor}` has shape {found:?}, expected {expected:?}")]

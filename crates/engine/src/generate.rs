@@ -12,6 +12,7 @@ use infinihip_core::sampling::Sampler;
 use crate::backend::Backend;
 use crate::engine::{Engine, LogitsWanted};
 use crate::error::EngineError;
+use crate::hip_state::AttentionMode;
 use crate::kv::SeqKv;
 
 /// Why generation ended.
@@ -73,8 +74,14 @@ pub struct Session {
 }
 
 impl Session {
+    /// A dense-attention session.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A session that attends as `mode` says (in a model of `n_layers` layers).
+    pub fn with_attention(mode: &AttentionMode, n_layers: usize) -> Self {
+        Self { seq: SeqKv::with_attention(mode, n_layers), cached: Vec::new() }
     }
 
     /// Tokens held in the cache.

@@ -8,6 +8,8 @@
 //! backend's `KvStore`. Page ids never move while a sequence holds them, so page tables are
 //! append-only.
 
+use crate::hip_state::{AttentionMode, HipSeqState};
+
 /// Index of a page in the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PageId(pub u32);
@@ -45,17 +47,33 @@ pub enum KvError {
     OutOfPages { needed: usize, free: usize, capacity: usize },
 }
 
-/// The page table of one sequence: its pages in position order and how many positions are
-/// filled.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+/// The page table of one sequence: its pages in position order, how many positions are
+/// filled, and, for a HiP sequence, its mask caches (which describe what is in the pages).
+#[derive(Debug, Default, Clone)]
 pub struct SeqKv {
     pages: Vec<PageId>,
     len: usize,
+    hip: Option<HipSeqState>,
 }
 
 impl SeqKv {
+    /// A dense-attention sequence.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A sequence that attends as `mode` says, in a model of `n_layers` layers.
+    pub fn with_attention(mode: &AttentionMode, n_layers: usize) -> Self {
+        let hip = match mode {
+            AttentionMode::Dense => None,
+            AttentionMode::Hip(config) => Some(HipSeqState::new(config.clone(), n_layers)),
+        };
+        Self { hip, ..Self::default() }
+    }
+
+    /// The HiP state, for a HiP sequence.
+    pub fn hip_mut(&mut self) -> Option<&mut HipSeqState> {
+        self.hip.as_mut()
     }
 
     /// Positions whose K and V are stored.
@@ -77,8 +95,14 @@ impl SeqKv {
         self.len += n;
     }
 
-    /// Forgets positions from `len` on (the pages stay reserved).
+    /// Forgets positions from `len` on (the pages stay reserved). Cached HiP masks are dropped
+    /// when anything is forgotten.
     pub fn truncate(&mut self, len: usize) {
+        if len < self.len {
+            if let Some(hip) = &mut self.hip {
+                hip.reset();
+            }
+        }
         self.len = self.len.min(len);
     }
 }
@@ -144,7 +168,7 @@ impl PagePool {
     /// Returns all pages of `seq` to the pool and empties it.
     pub fn release(&mut self, seq: &mut SeqKv) {
         self.free.extend(seq.pages.drain(..).rev());
-        seq.len = 0;
+        seq.truncate(0);
     }
 }
 

@@ -4,9 +4,11 @@ pub mod backend;
 pub mod engine;
 pub mod error;
 pub mod generate;
+pub mod hip_state;
 pub mod kv;
 pub mod model;
 pub mod text;
 
 pub use engine::{Engine, EngineOptions, LogitsWanted, StepInput};
 pub use error::EngineError;
+pub use hip_state::AttentionMode;

@@ -14,6 +14,7 @@ use infinihip_core::gguf::{GgufFile, TensorInfo};
 use infinihip_core::rope::RopeConfig;
 
 use crate::error::EngineError;
+use crate::hip_state::HipSeqState;
 use crate::kv::{KvLayout, PageId};
 
 /// A tensor of a GGUF file that a backend may borrow (CPU, zero-copy) or copy (GPU).
@@ -167,8 +168,11 @@ pub trait Backend: Send + Sync {
         plan: &BatchPlan,
     ) -> Result<(), EngineError>;
 
-    /// Dense causal attention of the step's (un-rotated) queries over every cached position of
-    /// their sequence, the step's own included. RoPE is applied inside with true positions.
+    /// Causal attention of the step's (un-rotated) queries over their sequences' cached
+    /// positions, the step's own included; RoPE is applied inside. `hip[i]` is `None` for a
+    /// dense sequence (every key, true positions) and the sequence's HiP state otherwise (mask
+    /// estimation or the decode cache, then block-sparse attention with the config's RoPE
+    /// strategy).
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
@@ -178,6 +182,7 @@ pub trait Backend: Send + Sync {
         plan: &BatchPlan,
         shape: AttentionShape,
         rope: &Self::Rope,
+        hip: &mut [Option<&mut HipSeqState>],
         out: &mut Self::Act,
     ) -> Result<(), EngineError>;
 }

@@ -15,6 +15,7 @@ use infinihip_core::quant;
 
 use crate::backend::{AttentionShape, Backend, BatchPlan, TensorRef};
 use crate::error::EngineError;
+use crate::hip_state::HipSeqState;
 use crate::kv::KvLayout;
 
 struct LayerWeights<B: Backend> {
@@ -178,25 +179,30 @@ impl<B: Backend> Llama<B> {
     }
 
     /// Runs one step: `tokens[r]` is the token of activation row `r` as laid out by `plan`
-    /// (whose pages must already be reserved). Writes the step's K and V into `store` and
-    /// returns the logits of rows `logit_rows`, `[logit_rows.len()][vocab]` row-major.
+    /// (whose pages must already be reserved), and `hip[i]` says how sequence `i` attends.
+    /// Writes the step's K and V into `store` and returns the logits of rows `logit_rows`,
+    /// `[logit_rows.len()][vocab]` row-major.
     pub fn forward(
         &mut self,
         tokens: &[u32],
         plan: &BatchPlan,
+        hip: &mut [Option<&mut HipSeqState>],
         store: &mut B::KvStore,
         ws: &mut Workspace<B>,
         logit_rows: &[usize],
     ) -> Result<Vec<f32>, EngineError> {
-        self.backend.ensure_rope(&mut self.rope, plan.max_end_pos())?;
+        // HiP's pruning places queries at n_window + 1 whatever the context length.
+        let hip_positions = hip.iter().flatten().map(|h| h.config().n_window + 2).max().unwrap_or(0);
+        self.backend.ensure_rope(&mut self.rope, plan.max_end_pos().max(hip_positions))?;
         let this = &*self;
-        this.backend.run_step(|| this.forward_in_context(tokens, plan, store, ws, logit_rows))
+        this.backend.run_step(|| this.forward_in_context(tokens, plan, hip, store, ws, logit_rows))
     }
 
     fn forward_in_context(
         &self,
         tokens: &[u32],
         plan: &BatchPlan,
+        hip: &mut [Option<&mut HipSeqState>],
         store: &mut B::KvStore,
         ws: &mut Workspace<B>,
         logit_rows: &[usize],
@@ -237,7 +243,7 @@ impl<B: Backend> Llama<B> {
                 b.add_bias(&mut ws.v, bv)?;
             }
             b.kv_write(store, li, &ws.k, &ws.v, plan)?;
-            b.attention(store, li, &ws.q, plan, shape, &self.rope, &mut ws.attn)?;
+            b.attention(store, li, &ws.q, plan, shape, &self.rope, hip, &mut ws.attn)?;
             b.matmul(&ws.attn, &layer.wo, &mut ws.proj)?;
             b.add_assign(&mut ws.x, &ws.proj)?;
 

@@ -1,24 +1,39 @@
-//! Dense causal attention over the paged, un-rotated KV cache (the CPU reference).
+//! Attention over the paged, un-rotated KV cache: dense causal, or HiP block-sparse.
 //!
 //! Shapes (DESIGN notation): queries `[rows][H·d]`, cache `[page][layer][K|V][slot][Hkv][d]`,
 //! GQA group `g = H / Hkv`; query head `h` reads KV head `h / g`.
 //!
-//! Work is cut into items of (sequence, KV head, tile of 16 query tokens, key range). Each item
-//! runs a flash-style pass: key tiles of 64 positions are gathered from their pages and rotated
-//! to their positions once, then every query row of the group scores them with an online
-//! softmax. Long contexts with few queries (decode) are split over key ranges so that all
-//! threads work; the partial softmax states are merged at the end.
+//! Both modes run the same kernel. A query tile attends to a list of **key spans**: runs of
+//! consecutive cache positions, each with the RoPE position of its first key. Dense attention is
+//! one span `[0, end)` at true positions; HiP attention is the sink, the selected blocks and the
+//! window that `core::hip` chose, with the positions of its BSA RoPE strategy
+//! (`hip::rope_strategy::bsa_key_spans`). Causality is always by true position: a key is seen by
+//! the queries at or after it.
+//!
+//! Work is cut into items of (sequence, KV head, query tile, share of the spans). Each item runs
+//! a flash-style pass: key tiles of up to 64 positions are gathered from their pages and rotated
+//! as they are gathered, then every query row of the group scores them with an online softmax.
+//! Few queries over many keys (decode) are split over the keys so that all threads work; the
+//! partial softmax states are merged at the end.
 
+use std::ops::Range;
+
+use infinihip_core::hip::rope_strategy::{bsa_key_spans, KeySpan};
+use infinihip_core::hip::{estimate_mask, AttnShape, HipConfig, KvSource, Mask, QueryBlock};
 use infinihip_core::rope::{rotate_into, RopeTable};
 use rayon::prelude::*;
 
 use super::simd;
 use super::CpuKvStore;
 use crate::backend::{AttentionShape, BatchPlan, SeqSlice};
+use crate::error::EngineError;
+use crate::hip_state::HipSeqState;
+use crate::kv::PageId;
 
+/// Query tokens per dense item.
 const Q_TILE: usize = 16;
 const K_TILE: usize = 64;
-/// Key ranges shorter than this are not split further.
+/// Key shares shorter than this are not split further.
 const MIN_SPLIT_KEYS: usize = 512;
 
 /// One unit of parallel work.
@@ -28,19 +43,11 @@ struct Item {
     /// Query tokens `t0..t1` of the sequence's step.
     t0: usize,
     t1: usize,
-    /// Cache positions `k0..k1` this item covers (further limited by causality).
-    k0: usize,
-    k1: usize,
+    /// The item's spans are `spans[span_range]`.
+    spans: Range<usize>,
 }
 
 /// Online-softmax state of an item's rows: running max, running sum and weighted values.
-struct Partial {
-    m: Vec<f32>,
-    l: Vec<f32>,
-    acc: Vec<f32>,
-}
-
-/// The online softmax of one item, updated tile by tile.
 struct Softmax {
     m: Vec<f32>,
     l: Vec<f32>,
@@ -48,6 +55,10 @@ struct Softmax {
 }
 
 impl Softmax {
+    fn new(n_rows: usize, d: usize) -> Self {
+        Self { m: vec![f32::NEG_INFINITY; n_rows], l: vec![0f32; n_rows], acc: vec![0f32; n_rows * d] }
+    }
+
     /// Folds in row `r`'s scores `s` (overwritten with their weights) of keys whose values are
     /// `v_rows[..s.len()]`.
     #[inline(always)]
@@ -74,117 +85,251 @@ impl Softmax {
     }
 }
 
-pub(super) fn dense_attention(
+/// One layer of one sequence's pages, as `core::hip` reads keys and values.
+struct PagedKv<'a> {
+    store: &'a CpuKvStore,
+    layer: usize,
+    pages: &'a [PageId],
+    page_size: usize,
+    len: usize,
+}
+
+impl KvSource for PagedKv<'_> {
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn n_kv_heads(&self) -> usize {
+        self.store.layout.n_kv_heads
+    }
+    fn head_dim(&self) -> usize {
+        self.store.layout.head_dim
+    }
+    fn key(&self, pos: usize, kv_head: usize) -> &[f32] {
+        let page = self.store.page(self.pages[pos / self.page_size]);
+        self.store.key(page, self.layer, pos % self.page_size, kv_head)
+    }
+    fn value(&self, pos: usize, kv_head: usize) -> &[f32] {
+        let page = self.store.page(self.pages[pos / self.page_size]);
+        self.store.value(page, self.layer, pos % self.page_size, kv_head)
+    }
+}
+
+/// Everything the items of one call share.
+struct Call<'a> {
+    store: &'a CpuKvStore,
+    layer: usize,
+    q: &'a [f32],
+    plan: &'a BatchPlan,
+    shape: AttentionShape,
+    rope: &'a RopeTable,
+}
+
+impl Call<'_> {
+    fn kv(&self, seq: &SeqSlice) -> PagedKv<'_> {
+        PagedKv {
+            store: self.store,
+            layer: self.layer,
+            pages: self.plan.pages(seq),
+            page_size: self.plan.page_size,
+            len: seq.end_pos(),
+        }
+    }
+
+    fn hip_shape(&self) -> AttnShape {
+        AttnShape { n_heads: self.shape.n_heads, n_kv_heads: self.shape.n_kv_heads, head_dim: self.shape.head_dim }
+    }
+
+    /// The step's queries `[n][H][d]` of tokens `t0..t1` of `seq`.
+    fn queries(&self, seq: &SeqSlice, t0: usize, t1: usize) -> &[f32] {
+        let width = self.shape.n_heads * self.shape.head_dim;
+        &self.q[(seq.row_start + t0) * width..(seq.row_start + t1) * width]
+    }
+}
+
+/// Attention of every sequence of the step: dense where `hip[i]` is `None`, HiP otherwise.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn attention(
     store: &CpuKvStore,
     layer: usize,
     q: &[f32],
     plan: &BatchPlan,
     shape: AttentionShape,
     rope: &RopeTable,
+    hip: &mut [Option<&mut HipSeqState>],
     out: &mut [f32],
-) {
-    let items = plan_items(plan, shape.n_kv_heads);
-    let partials: Vec<Partial> =
-        items.par_iter().map(|it| attend_item(store, layer, q, plan, &plan.seqs[it.seq], it, shape, rope)).collect();
+) -> Result<(), EngineError> {
+    let call = Call { store, layer, q, plan, shape, rope };
+    let masks = hip_masks(&call, hip)?;
+    let (items, spans) = plan_items(&call, &masks);
+    let partials: Vec<Softmax> = items.par_iter().map(|it| attend_item(&call, it, &spans[it.spans.clone()])).collect();
     merge_into(out, &items, &partials, plan, shape);
+    Ok(())
 }
 
-fn plan_items(plan: &BatchPlan, n_kv_heads: usize) -> Vec<Item> {
+/// A HiP sequence's masks for this step: one per query block (tokens `range` of the step).
+struct SeqMasks {
+    config: std::sync::Arc<HipConfig>,
+    blocks: Vec<(Range<usize>, Mask)>,
+}
+
+/// The HiP masks of the step, per sequence (`None` for dense ones): one per query block of
+/// `b_q` tokens in prefill (estimated in parallel), or the decode cache's mask for one token.
+fn hip_masks(call: &Call<'_>, hip: &mut [Option<&mut HipSeqState>]) -> Result<Vec<Option<SeqMasks>>, EngineError> {
+    let mut masks = Vec::with_capacity(call.plan.seqs.len());
+    for (seq, state) in call.plan.seqs.iter().zip(hip.iter_mut()) {
+        let Some(state) = state else {
+            masks.push(None);
+            continue;
+        };
+        let config = state.config().clone();
+        let kv = call.kv(seq);
+        let block_at = |t0: usize, t1: usize| QueryBlock {
+            layer: call.layer,
+            shape: call.hip_shape(),
+            q: call.queries(seq, t0, t1),
+            pos_start: seq.pos_start + t0,
+            kv: &kv,
+            rope: call.rope,
+        };
+        if seq.n_tokens == 1 {
+            let step = state.layer_mut(call.layer).step(&config, &block_at(0, 1))?;
+            masks.push(Some(SeqMasks { config, blocks: vec![(0..1, step.mask)] }));
+        } else {
+            // Query blocks follow the absolute grid of b_q, so a chunked prefill gives the same
+            // blocks as an unchunked one.
+            let cfg = &*config;
+            let b_q = cfg.b_q;
+            let mut bounds = Vec::new();
+            let mut t0 = 0;
+            while t0 < seq.n_tokens {
+                let pos = seq.pos_start + t0;
+                let t1 = (t0 + b_q - pos % b_q).min(seq.n_tokens);
+                bounds.push(t0..t1);
+                t0 = t1;
+            }
+            let blocks: Result<Vec<_>, _> = bounds
+                .into_par_iter()
+                .map(|r| estimate_mask(cfg, &block_at(r.start, r.end)).map(|m| (r, m)))
+                .collect();
+            masks.push(Some(SeqMasks { blocks: blocks?, config }));
+        }
+    }
+    Ok(masks)
+}
+
+/// Cuts the step into items and lays out their key spans.
+fn plan_items(call: &Call<'_>, masks: &[Option<SeqMasks>]) -> (Vec<Item>, Vec<KeySpan>) {
+    let plan = call.plan;
+    let n_kv_heads = call.shape.n_kv_heads;
     let threads = rayon::current_num_threads();
-    let base_items: usize = plan.seqs.iter().map(|s| s.n_tokens.div_ceil(Q_TILE) * n_kv_heads).sum();
-    let mut items = Vec::new();
-    for (si, s) in plan.seqs.iter().enumerate() {
-        let n_keys = s.end_pos();
-        let wanted = (4 * threads).div_ceil(base_items.max(1));
-        let splits = wanted.min(n_keys / MIN_SPLIT_KEYS).max(1);
-        let split_len = n_keys.div_ceil(splits).div_ceil(K_TILE) * K_TILE;
-        for kv_head in 0..n_kv_heads {
-            for t0 in (0..s.n_tokens).step_by(Q_TILE) {
-                let t1 = (t0 + Q_TILE).min(s.n_tokens);
-                let last_pos = s.pos_start + t1 - 1;
-                for k0 in (0..n_keys).step_by(split_len) {
-                    if k0 > last_pos {
-                        break;
-                    }
-                    items.push(Item { seq: si, kv_head, t0, t1, k0, k1: (k0 + split_len).min(n_keys) });
+    // Query tiles of every sequence, with the HiP config and mask where there is one.
+    let mut tiles: Vec<(usize, Range<usize>, Option<(&HipConfig, &Mask)>)> = Vec::new();
+    for (si, seq) in plan.seqs.iter().enumerate() {
+        match &masks[si] {
+            None => {
+                for t0 in (0..seq.n_tokens).step_by(Q_TILE) {
+                    tiles.push((si, t0..(t0 + Q_TILE).min(seq.n_tokens), None));
                 }
+            }
+            Some(m) => tiles.extend(m.blocks.iter().map(|(r, mask)| (si, r.clone(), Some((&*m.config, mask))))),
+        }
+    }
+    let wanted_splits = (4 * threads).div_ceil((tiles.len() * n_kv_heads).max(1));
+
+    let mut items = Vec::new();
+    let mut spans = Vec::new();
+    let mut tile_spans = Vec::new();
+    for (si, range, mask) in tiles {
+        let seq = &plan.seqs[si];
+        let p_last = seq.pos_start + range.end - 1;
+        for kv_head in 0..n_kv_heads {
+            match mask {
+                None => {
+                    tile_spans.clear();
+                    tile_spans.push(KeySpan { keys: 0..p_last + 1, rope_start: 0 });
+                }
+                Some((cfg, mask)) => {
+                    bsa_key_spans(cfg.bsa_rope, mask, mask.group_of_kv_head(kv_head), p_last, &mut tile_spans);
+                }
+            }
+            let n_keys: usize = tile_spans.iter().map(|s| s.keys.len()).sum();
+            let splits = wanted_splits.min(n_keys / MIN_SPLIT_KEYS).max(1);
+            for share in split_spans(&tile_spans, splits) {
+                let start = spans.len();
+                spans.extend(share);
+                items.push(Item { seq: si, kv_head, t0: range.start, t1: range.end, spans: start..spans.len() });
             }
         }
     }
-    items
+    (items, spans)
+}
+
+/// Cuts `spans` into `n` shares of about equal key counts, in order.
+fn split_spans(spans: &[KeySpan], n: usize) -> Vec<Vec<KeySpan>> {
+    let total: usize = spans.iter().map(|s| s.keys.len()).sum();
+    let per_share = total.div_ceil(n.max(1)).max(1);
+    let mut shares = vec![Vec::new()];
+    let mut room = per_share;
+    for span in spans {
+        let mut keys = span.keys.clone();
+        while !keys.is_empty() {
+            if room == 0 {
+                shares.push(Vec::new());
+                room = per_share;
+            }
+            let take = room.min(keys.len());
+            let rope_start = span.rope_start + (keys.start - span.keys.start);
+            shares.last_mut().expect("one share at least").push(KeySpan { keys: keys.start..keys.start + take, rope_start });
+            keys.start += take;
+            room -= take;
+        }
+    }
+    shares
 }
 
 /// Dispatches to a copy of `attend_item_body` compiled for AVX2 when the CPU has it.
-#[allow(clippy::too_many_arguments)]
-fn attend_item(
-    store: &CpuKvStore,
-    layer: usize,
-    q: &[f32],
-    plan: &BatchPlan,
-    seq: &SeqSlice,
-    it: &Item,
-    shape: AttentionShape,
-    rope: &RopeTable,
-) -> Partial {
+fn attend_item(call: &Call<'_>, it: &Item, spans: &[KeySpan]) -> Softmax {
     #[cfg(target_arch = "x86_64")]
     if simd::has_avx2_fma() {
         // SAFETY: the CPU has the features the function is compiled for.
-        return unsafe { attend_item_avx2(store, layer, q, plan, seq, it, shape, rope) };
+        return unsafe { attend_item_avx2(call, it, spans) };
     }
-    attend_item_body(store, layer, q, plan, seq, it, shape, rope)
+    attend_item_body(call, it, spans)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn attend_item_avx2(
-    store: &CpuKvStore,
-    layer: usize,
-    q: &[f32],
-    plan: &BatchPlan,
-    seq: &SeqSlice,
-    it: &Item,
-    shape: AttentionShape,
-    rope: &RopeTable,
-) -> Partial {
-    attend_item_body(store, layer, q, plan, seq, it, shape, rope)
+unsafe fn attend_item_avx2(call: &Call<'_>, it: &Item, spans: &[KeySpan]) -> Softmax {
+    attend_item_body(call, it, spans)
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn attend_item_body(
-    store: &CpuKvStore,
-    layer: usize,
-    q: &[f32],
-    plan: &BatchPlan,
-    seq: &SeqSlice,
-    it: &Item,
-    shape: AttentionShape,
-    rope: &RopeTable,
-) -> Partial {
+fn attend_item_body(call: &Call<'_>, it: &Item, spans: &[KeySpan]) -> Softmax {
+    let shape = call.shape;
+    let seq = &call.plan.seqs[it.seq];
     let d = shape.head_dim;
     let g = shape.n_heads / shape.n_kv_heads;
-    let q_width = shape.n_heads * d;
-    let style = rope.config().style;
+    let style = call.rope.config().style;
     let n_rows = (it.t1 - it.t0) * g;
 
-    // Rotated, scaled queries of the item: row r = (token t0 + r / g, head kv_head·g + r % g).
+    // Rotated, scaled queries of the item at their true positions: row r = (token t0 + r / g,
+    // head kv_head·g + r % g).
+    let queries = call.queries(seq, it.t0, it.t1);
     let mut qr = vec![0f32; n_rows * d];
     let mut row_pos = Vec::with_capacity(n_rows);
-    for t in it.t0..it.t1 {
-        let pos = seq.pos_start + t;
+    for t in 0..it.t1 - it.t0 {
+        let pos = seq.pos_start + it.t0 + t;
+        let (cos, sin) = call.rope.row(pos);
         for j in 0..g {
             let h = it.kv_head * g + j;
-            let src = &q[(seq.row_start + t) * q_width + h * d..][..d];
             let dst = &mut qr[row_pos.len() * d..][..d];
-            let (cos, sin) = rope.row(pos);
-            rotate_into(src, dst, cos, sin, style);
+            rotate_into(&queries[(t * shape.n_heads + h) * d..][..d], dst, cos, sin, style);
             simd::scale(dst, shape.scale);
             row_pos.push(pos);
         }
     }
 
-    let mut state = Softmax { m: vec![f32::NEG_INFINITY; n_rows], l: vec![0f32; n_rows], acc: vec![0f32; n_rows * d] };
+    let mut state = Softmax::new(n_rows, d);
     // Few rows (decode): score key by key. Many rows (prefill): transpose the tile once so that
     // each row scores it with broadcast-multiply-adds and no horizontal sums.
     let transpose = n_rows > 8;
@@ -192,68 +337,69 @@ fn attend_item_body(
     let mut k_rot = vec![0f32; d];
     let mut v_rows: [&[f32]; K_TILE] = [&[]; K_TILE];
     let mut scores = vec![[0f32; K_TILE]; n_rows];
-
-    let last_pos = seq.pos_start + it.t1 - 1;
-    let k_end = it.k1.min(last_pos + 1);
-    let pages = plan.pages(seq);
-    let mut tile_start = it.k0;
-    while tile_start < k_end {
-        let tile_len = K_TILE.min(k_end - tile_start);
-        // Keys are rotated to their positions as they are gathered; values are read in place.
-        for j in 0..tile_len {
-            let pos = tile_start + j;
-            let page = store.page(pages[pos / plan.page_size]);
-            let slot = pos % plan.page_size;
-            let (cos, sin) = rope.row(pos);
-            let key = store.key(page, layer, slot, it.kv_head);
-            if transpose {
-                rotate_into(key, &mut k_rot, cos, sin, style);
-                for (c, &v) in k_rot.iter().enumerate() {
-                    k_tile[c * K_TILE + j] = v;
+    let kv = call.kv(seq);
+    for span in spans {
+        let mut tile_start = span.keys.start;
+        while tile_start < span.keys.end {
+            let tile_len = K_TILE.min(span.keys.end - tile_start);
+            // Keys are rotated to their assigned positions as they are gathered; values are
+            // read in place.
+            for j in 0..tile_len {
+                let pos = tile_start + j;
+                let (cos, sin) = call.rope.row(span.rope_start + (pos - span.keys.start));
+                let key = kv.key(pos, it.kv_head);
+                if transpose {
+                    rotate_into(key, &mut k_rot, cos, sin, style);
+                    for (c, &v) in k_rot.iter().enumerate() {
+                        k_tile[c * K_TILE + j] = v;
+                    }
+                } else {
+                    rotate_into(key, &mut k_tile[j * d..(j + 1) * d], cos, sin, style);
                 }
-            } else {
-                rotate_into(key, &mut k_tile[j * d..(j + 1) * d], cos, sin, style);
+                v_rows[j] = kv.value(pos, it.kv_head);
             }
-            v_rows[j] = store.value(page, layer, slot, it.kv_head);
-        }
-        for r in 0..n_rows {
-            let s = &mut scores[r];
-            let qv = &qr[r * d..(r + 1) * d];
-            if transpose {
-                s.fill(0.0);
-                for (c, &qc) in qv.iter().enumerate() {
-                    let k_c: &[f32; K_TILE] = k_tile[c * K_TILE..(c + 1) * K_TILE].try_into().expect("tile row");
-                    for (sj, &kj) in s.iter_mut().zip(k_c) {
-                        *sj += qc * kj;
+            for r in 0..n_rows {
+                // Causality by true position: keys at positions ≤ the query's own.
+                let visible = (row_pos[r] + 1).saturating_sub(tile_start).min(tile_len);
+                if visible == 0 {
+                    continue;
+                }
+                let s = &mut scores[r];
+                let qv = &qr[r * d..(r + 1) * d];
+                if transpose {
+                    s.fill(0.0);
+                    for (c, &qc) in qv.iter().enumerate() {
+                        let k_c: &[f32; K_TILE] = k_tile[c * K_TILE..(c + 1) * K_TILE].try_into().expect("tile row");
+                        for (sj, &kj) in s.iter_mut().zip(k_c) {
+                            *sj += qc * kj;
+                        }
+                    }
+                } else {
+                    for (j, sj) in s[..visible].iter_mut().enumerate() {
+                        *sj = simd::dot(qv, &k_tile[j * d..(j + 1) * d]);
                     }
                 }
-            } else {
-                for (j, sj) in s[..tile_len].iter_mut().enumerate() {
-                    *sj = simd::dot(qv, &k_tile[j * d..(j + 1) * d]);
-                }
+                state.update(r, &mut s[..visible], &v_rows);
             }
-            // Causality: keys at positions ≤ the query's own.
-            let visible = (row_pos[r] + 1).saturating_sub(tile_start).min(tile_len);
-            state.update(r, &mut s[..visible], &v_rows);
+            tile_start += tile_len;
         }
-        tile_start += tile_len;
     }
-    let Softmax { m, l, acc } = state;
-    Partial { m, l, acc }
+    state
 }
 
-/// Combines the partial softmax states of each row's key ranges and writes `acc / l`.
-fn merge_into(out: &mut [f32], items: &[Item], partials: &[Partial], plan: &BatchPlan, shape: AttentionShape) {
+/// Combines the partial softmax states of each row's key shares and writes `acc / l`.
+fn merge_into(out: &mut [f32], items: &[Item], partials: &[Softmax], plan: &BatchPlan, shape: AttentionShape) {
     let d = shape.head_dim;
     let g = shape.n_heads / shape.n_kv_heads;
     let q_width = shape.n_heads * d;
-    // Items of the same (seq, kv_head, t0) are adjacent, in key order.
+    // Items of the same (seq, kv_head, t0) are adjacent.
     let mut i = 0;
     let mut m_tot = Vec::new();
     while i < items.len() {
         let first = &items[i];
         let mut j = i + 1;
-        while j < items.len() && (items[j].seq, items[j].kv_head, items[j].t0) == (first.seq, first.kv_head, first.t0) {
+        while j < items.len() && (items[j].seq, items[j].kv_head, items[j].t0) == (first.seq, first.kv_head, first.t0)
+        {
             j += 1;
         }
         let seq = &plan.seqs[first.seq];
@@ -274,7 +420,7 @@ fn merge_into(out: &mut [f32], items: &[Item], partials: &[Partial], plan: &Batc
                 l += p.l[r] * w;
                 simd::axpy(w, &p.acc[r * d..(r + 1) * d], dst);
             }
-            // Every query sees at least itself, so l > 0.
+            // Every query sees at least itself (the window always holds it), so l > 0.
             simd::scale(dst, 1.0 / l);
         }
         i = j;

@@ -15,6 +15,7 @@ use rayon::prelude::*;
 
 use super::{AttentionShape, Backend, BatchPlan, TensorRef};
 use crate::error::EngineError;
+use crate::hip_state::HipSeqState;
 use crate::kv::{KvLayout, PageId};
 use matmul::QuantMatrix;
 
@@ -338,6 +339,7 @@ impl Backend for CpuBackend {
         plan: &BatchPlan,
         shape: AttentionShape,
         rope: &RopeTable,
+        hip: &mut [Option<&mut HipSeqState>],
         out: &mut CpuAct,
     ) -> Result<(), EngineError> {
         let width = shape.n_heads * shape.head_dim;
@@ -355,7 +357,10 @@ impl Backend for CpuBackend {
                 return Err(shape_err("attention", format!("page {} was never written", p.0)));
             }
         }
-        self.pool.install(|| attention::dense_attention(store, layer, &q.data, plan, shape, rope, &mut out.data));
-        Ok(())
+        if hip.len() != plan.seqs.len() {
+            return Err(shape_err("attention", format!("{} HiP states for {} sequences", hip.len(), plan.seqs.len())));
+        }
+        let rows = q.rows * q.cols;
+        self.pool.install(|| attention::attention(store, layer, &q.data[..rows], plan, shape, rope, hip, &mut out.data[..rows]))
     }
 }
