@@ -86,10 +86,10 @@ impl DecodeMaskCache {
         if let Some(first) = refreshed_from {
             let mut fresh = Vec::with_capacity(n_stages);
             for stage in first..n_stages {
-                let prev = if stage == 0 {
-                    None
-                } else {
-                    Some(fresh.last().unwrap_or(&self.stages[stage - 1]))
+                let prev = match (stage, fresh.last()) {
+                    (0, _) => None,
+                    (_, Some(just_computed)) => Some(just_computed),
+                    (_, None) => self.stages.get(stage - 1),
                 };
                 let kept = run_stage(cfg, block, stage, prev)?;
                 fresh.push(kept);
