@@ -140,12 +140,14 @@ impl Layer {
 /// |got − want| ≤ 1e-5 · (1 + |want|) element by element (outputs are averages of values in
 /// [−1, 1], so this is a relative bound of 1e-5 at their scale).
 fn assert_close(got: &[f32], want: &[f32], what: &str) {
+    // Written so that a NaN is never close.
+    let close = |a: f32, b: f32| (a - b).abs() <= 1e-5 * (1.0 + b.abs());
     assert_eq!(got.len(), want.len());
     let bad: Vec<(usize, f32, f32)> = got
         .iter()
         .zip(want)
         .enumerate()
-        .filter(|(_, (a, b))| !((*a - *b).abs() <= 1e-5 * (1.0 + b.abs())))
+        .filter(|(_, (a, b))| !close(**a, **b))
         .map(|(i, (a, b))| (i, *a, *b))
         .take(10)
         .collect();
@@ -369,7 +371,8 @@ fn needle_layer(seed: u64, at: usize, n_q: usize) -> (Layer, usize, Vec<f32>) {
     const N: usize = 20_000;
     let mut rng = Rng::new(seed);
     let shape = AttnShape { n_heads: 2, n_kv_heads: 1, head_dim: 16 };
-    let mut rope = RopeTable::new(RopeConfig { theta: 10000.0, dim: 8, style: RopeStyle::Adjacent, scaling: RopeScaling::None });
+    let mut rope =
+        RopeTable::new(RopeConfig { theta: 10000.0, dim: 8, style: RopeStyle::Adjacent, scaling: RopeScaling::None });
     rope.ensure(N + 1);
     let u: Vec<f32> = (0..8).map(|i| if i % 2 == 0 { 0.5 } else { -0.5 }).collect();
     let answer: Vec<f32> = (0..16).map(|i| if i % 3 == 0 { 1.0 } else { -1.0 }).collect();

@@ -67,7 +67,11 @@ impl DecodeMaskCache {
 
     /// One decode step for `block` (usually one token): recomputes the stages the schedule
     /// says, and returns the mask.
-    pub fn step<K: KvSource + ?Sized>(&mut self, cfg: &HipConfig, block: &QueryBlock<K>) -> Result<DecodeStep, HipError> {
+    pub fn step<K: KvSource + ?Sized>(
+        &mut self,
+        cfg: &HipConfig,
+        block: &QueryBlock<K>,
+    ) -> Result<DecodeStep, HipError> {
         cfg.validate()?;
         let n_stages = cfg.n_stages();
         let stale = match self.stages.first() {
@@ -122,7 +126,13 @@ mod tests {
         // fast (32, 16, 8).
         let fast = "0.......2.......1.......2.......0.......2.......1.......2.......0";
         // flash (96, 24, 8): stages 1–2 at 24, 48, 72; stage 2 alone at the other multiples of 8.
-        let flash = format!("{}{}{}{}0", "0.......2.......2.......", "1.......2.......2.......", "1.......2.......2.......", "1.......2.......2.......");
+        let flash = format!(
+            "{}{}{}{}0",
+            "0.......2.......2.......",
+            "1.......2.......2.......",
+            "1.......2.......2.......",
+            "1.......2.......2......."
+        );
         for name in PRESET_NAMES {
             let cfg = HipConfig::preset(name).unwrap();
             let want = match name {
