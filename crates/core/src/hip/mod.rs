@@ -230,7 +230,7 @@ impl KvSource for VecKv {
 }
 
 /// One query block of one layer: everything mask estimation and attention read.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct QueryBlock<'a, K: KvSource + ?Sized> {
     /// Layer index (selects the per-layer knobs of [`HipConfig::layer_params`]).
     pub layer: usize,
@@ -244,6 +244,15 @@ pub struct QueryBlock<'a, K: KvSource + ?Sized> {
     /// cos/sin table; must cover the positions the strategies assign (see the module doc).
     pub rope: &'a RopeTable,
 }
+
+// By hand, because a derive would demand `K: Copy`; the block only holds references.
+impl<K: KvSource + ?Sized> Clone for QueryBlock<'_, K> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<K: KvSource + ?Sized> Copy for QueryBlock<'_, K> {}
 
 impl<K: KvSource + ?Sized> QueryBlock<'_, K> {
     /// Number of queries n_q.
