@@ -285,7 +285,10 @@ mod tests {
         // A mask from another config, or one whose window starts after the first query, is an
         // error.
         let wrong_sink = Mask::new(4, 2, 8, vec![vec![4]]).unwrap();
-        assert!(matches!(block_sparse_attention(&cfg, &block, &wrong_sink, &mut out), Err(HipError::InvalidMask { .. })));
+        assert!(matches!(
+            block_sparse_attention(&cfg, &block, &wrong_sink, &mut out),
+            Err(HipError::InvalidMask { .. })
+        ));
         let late = Mask::new(2, 2, 9, vec![vec![4]]).unwrap();
         assert!(matches!(block_sparse_attention(&cfg, &block, &late, &mut out), Err(HipError::InvalidMask { .. })));
         let per_kv = HipConfig { head_reduction: HeadReduction::PerKvHead, ..cfg.clone() };

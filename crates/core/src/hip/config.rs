@@ -185,8 +185,7 @@ impl HipConfig {
     /// name the field: unknown fields, values of the wrong type, and values that break an
     /// invariant of [`HipConfig::validate`].
     pub fn merge_json(&mut self, json: &str) -> Result<(), HipError> {
-        let patch: Value =
-            serde_json::from_str(json).map_err(|source| HipError::Json { field: None, source })?;
+        let patch: Value = serde_json::from_str(json).map_err(|source| HipError::Json { field: None, source })?;
         let Value::Object(patch) = patch else {
             return Err(HipError::NotAnObject { found: json_kind(&patch) });
         };
@@ -220,10 +219,7 @@ impl HipConfig {
     /// The per-layer knobs of `layer`.
     pub fn layer_params(&self, layer: usize) -> LayerParams {
         if layer < self.first_layers.count {
-            LayerParams {
-                k: self.first_layers.k.unwrap_or(self.k),
-                pruning_rope: self.first_layers.pruning_rope,
-            }
+            LayerParams { k: self.first_layers.k.unwrap_or(self.k), pruning_rope: self.first_layers.pruning_rope }
         } else {
             LayerParams { k: self.k, pruning_rope: self.pruning_rope }
         }
@@ -262,7 +258,10 @@ impl HipConfig {
             }
         }
         if self.stage_k.len() + 1 != n {
-            return bad("stage_k", format!("needs {} entries (one per stage but the last), has {}", n - 1, self.stage_k.len()));
+            return bad(
+                "stage_k",
+                format!("needs {} entries (one per stage but the last), has {}", n - 1, self.stage_k.len()),
+            );
         }
         if self.query_group.len() != n {
             return bad("query_group", format!("needs {n} entries (one per stage), has {}", self.query_group.len()));
@@ -282,7 +281,10 @@ impl HipConfig {
                 return bad("stage_k", format!("stage {s}: {kept} is not a positive multiple of its chunk size {l_c}"));
             }
             if s > 0 && kept > self.stage_k[s - 1] {
-                return bad("stage_k", format!("stage {s}: {kept} is larger than stage {}'s {}", s - 1, self.stage_k[s - 1]));
+                return bad(
+                    "stage_k",
+                    format!("stage {s}: {kept} is larger than stage {}'s {}", s - 1, self.stage_k[s - 1]),
+                );
             }
         }
         let block_k = self.block_k();
@@ -481,7 +483,11 @@ mod tests {
     fn invariant_violations_name_the_field() {
         assert_invalid(r#"{"n_window": 0}"#, "n_window", "at least 1");
         assert_invalid(r#"{"b_q": 0}"#, "b_q", "at least 1");
-        assert_invalid(r#"{"chunk_sizes": [], "stage_k": [], "query_group": [], "refresh": []}"#, "chunk_sizes", "at least one stage");
+        assert_invalid(
+            r#"{"chunk_sizes": [], "stage_k": [], "query_group": [], "refresh": []}"#,
+            "chunk_sizes",
+            "at least one stage",
+        );
         assert_invalid(r#"{"chunk_sizes": [256, 24, 8]}"#, "chunk_sizes", "24 is not a power of two");
         assert_invalid(r#"{"chunk_sizes": [256, 0, 8]}"#, "chunk_sizes", "0 is not a power of two");
         assert_invalid(r#"{"chunk_sizes": [32, 256, 8]}"#, "chunk_sizes", "larger than stage 0");
@@ -503,8 +509,10 @@ mod tests {
 
     #[test]
     fn a_single_stage_is_valid() {
-        let c = HipConfig::from_json(r#"{"chunk_sizes": [8], "stage_k": [], "query_group": [1], "refresh": [4], "first_layers": {"k": null}}"#)
-            .unwrap();
+        let c = HipConfig::from_json(
+            r#"{"chunk_sizes": [8], "stage_k": [], "query_group": [1], "refresh": [4], "first_layers": {"k": null}}"#,
+        )
+        .unwrap();
         assert_eq!((c.n_stages(), c.block_k(), c.stage_budget(0, 7)), (1, 8, 2048));
     }
 }

@@ -8,8 +8,10 @@
 //! - [`Mask`]: the final selection: per head group, sorted block starts of `block_k` tokens,
 //!   plus the sink size and the window start, so that it says exactly which keys a query sees.
 //!
-//! Cost per stage: `n_chunks · 2·ceil(log2 chunk_size)` probes, each `Hkv_group` key rotations
-//! and `rows · g_group` dot products of length d; scratch buffers are allocated once per stage.
+//! Cost per stage and head group: `n_chunks · 2·ceil(log2 chunk_size)` probes, each rotating
+//! the probe key of every KV head of the group (Hkv for `shared`, 1 for `per_kv_head`) and
+//! taking `rows ·` (heads of the group) dot products of length d. Scratch buffers are allocated
+//! once per stage, never per chunk or token.
 //! See the `hip` module doc for the algorithm, the RoPE rules and the tie-breaking.
 
 use std::cmp::Ordering;
@@ -61,7 +63,7 @@ impl Chunks {
         self.groups.len()
     }
 
-    /// Chunk starts of head group `group`, ascending.
+    /// Chunk starts of head group `group`, ascending. Panics if `group ≥ n_groups()`.
     pub fn starts(&self, group: usize) -> &[usize] {
         &self.groups[group]
     }
@@ -145,7 +147,7 @@ impl Mask {
         }
     }
 
-    /// Selected block starts of `group`, ascending.
+    /// Selected block starts of `group`, ascending. Panics if `group ≥ n_groups()`.
     pub fn blocks(&self, group: usize) -> &[usize] {
         &self.groups[group]
     }
@@ -222,7 +224,10 @@ pub fn run_stage<K: KvSource + ?Sized>(
                 ));
             }
             if p.end > block.pos_start {
-                return stage_err(format!("input candidates end at {}, after the first query {}", p.end, block.pos_start));
+                return stage_err(format!(
+                    "input candidates end at {}, after the first query {}",
+                    p.end, block.pos_start
+                ));
             }
             p.split(chunk_size)
         }
@@ -236,7 +241,6 @@ pub fn run_stage<K: KvSource + ?Sized>(
         n_chunks: candidates.end.saturating_sub(cfg.n_sink).div_ceil(chunk_size),
     };
     let rows = QueryRows::new(block, cfg.query_group[stage], &positions);
-    let g = shape.group();
     let mut scorer = Scorer { block, rows: &rows, positions, key: vec![0f32; shape.head_dim], kv_heads: 0..0 };
     let mut scored: Vec<(f32, usize)> = Vec::new();
     let mut groups = Vec::with_capacity(n_groups);
@@ -245,7 +249,6 @@ pub fn run_stage<K: KvSource + ?Sized>(
             HeadReduction::Shared => 0..shape.n_kv_heads,
             HeadReduction::PerKvHead => group..group + 1,
         };
-        debug_assert!(scorer.kv_heads.end * g <= shape.n_heads);
         scored.clear();
         scored.extend(starts.iter().map(|&s| (scorer.chunk_score(candidates.range(s)), s)));
         groups.push(keep_best(&mut scored, n_keep));
@@ -505,7 +508,8 @@ mod tests {
         let q = [1.0, 1.0];
         let past = QueryBlock { layer: 0, shape: SHAPE_1, q: &q, pos_start: 3, kv: &kv, rope: &rope };
         assert!(matches!(estimate_mask(&cfg, &past), Err(HipError::QueriesPastKv { pos_end: 5, kv_len: 4, .. })));
-        let bad_shape = QueryBlock { shape: AttnShape { n_heads: 3, n_kv_heads: 2, head_dim: 1 }, pos_start: 0, ..past };
+        let bad_shape =
+            QueryBlock { shape: AttnShape { n_heads: 3, n_kv_heads: 2, head_dim: 1 }, pos_start: 0, ..past };
         assert!(matches!(estimate_mask(&cfg, &bad_shape), Err(HipError::Shape { .. })));
         let empty = QueryBlock { q: &[], pos_start: 0, ..past };
         assert!(matches!(estimate_mask(&cfg, &empty), Err(HipError::Shape { .. })));
@@ -513,7 +517,8 @@ mod tests {
         assert!(matches!(estimate_mask(&cfg, &wrong_kv), Err(HipError::Shape { .. })));
 
         // Relative pruning rotates queries at n_window + 1, which the table must cover.
-        let mut rope = RopeTable::new(RopeConfig { theta: 1e4, dim: 2, style: RopeStyle::Adjacent, scaling: RopeScaling::None });
+        let mut rope =
+            RopeTable::new(RopeConfig { theta: 1e4, dim: 2, style: RopeStyle::Adjacent, scaling: RopeScaling::None });
         rope.ensure(4);
         let mut kv = VecKv::new(1, 2);
         for _ in 0..4 {
@@ -523,7 +528,9 @@ mod tests {
         let block = QueryBlock { layer: 0, shape, q: &[1.0, 0.0], pos_start: 3, kv: &kv, rope: &rope };
         let far = HipConfig { n_window: rope.len() + 5, pruning_rope: PruningRope::Relative, ..cfg.clone() };
         let needed = rope.len() + 7;
-        assert!(matches!(estimate_mask(&far, &block), Err(HipError::RopeTableTooShort { needed: n, .. }) if n == needed));
+        assert!(
+            matches!(estimate_mask(&far, &block), Err(HipError::RopeTableTooShort { needed: n, .. }) if n == needed)
+        );
         let narrow = AttnShape { n_heads: 1, n_kv_heads: 1, head_dim: 1 };
         let mut kv1 = VecKv::new(1, 1);
         kv1.push(&[1.0], &[1.0]).unwrap();

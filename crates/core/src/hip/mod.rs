@@ -50,8 +50,9 @@
 //! **Tie-breaking** (the GPU kernels must match it): a probe score is a plain IEEE `max`, so a
 //! NaN product never wins and a probe with only NaN products scores −∞; in the descent, equal
 //! probe scores keep the **left** half; in the top-k, a higher score ranks first and equal
-//! scores rank the **lower chunk start** first. Scores are f32 dot products summed in index
-//! order.
+//! scores rank the **lower chunk start** first. Scores are f32 dot products in a fixed order
+//! (8 lanes, see `dot`); a kernel that sums differently can flip a near-tie, so GPU tests
+//! should compare masks by the scores of what they select, not only by identity.
 //!
 //! **Block-sparse attention** (§4.3, [`block_sparse_attention`]): for each query row, an
 //! online-softmax pass over the sink, the selected blocks (in position order) and the window
@@ -123,11 +124,11 @@ pub enum HipError {
 /// Head counts and head dimension of one attention layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttnShape {
-    /// Query heads [H].
+    /// Query heads (H).
     pub n_heads: usize,
-    /// Key/value heads [Hkv].
+    /// Key/value heads (Hkv).
     pub n_kv_heads: usize,
-    /// Head dimension [d].
+    /// Head dimension (d).
     pub head_dim: usize,
 }
 
@@ -141,7 +142,9 @@ impl AttnShape {
         let AttnShape { n_heads, n_kv_heads, head_dim } = *self;
         if n_heads == 0 || n_kv_heads == 0 || head_dim == 0 || n_heads % n_kv_heads != 0 {
             return Err(HipError::Shape {
-                what: format!("{n_heads} query heads, {n_kv_heads} KV heads, head dim {head_dim}: need H = g · Hkv > 0, d > 0"),
+                what: format!(
+                    "{n_heads} query heads, {n_kv_heads} KV heads, head dim {head_dim}: need H = g · Hkv > 0, d > 0"
+                ),
             });
         }
         Ok(())
@@ -187,7 +190,11 @@ impl VecKv {
         let width = self.n_kv_heads * self.head_dim;
         if key.len() != width || value.len() != width {
             return Err(HipError::Shape {
-                what: format!("a KV row needs Hkv · d = {width} values, got {} keys and {} values", key.len(), value.len()),
+                what: format!(
+                    "a KV row needs Hkv · d = {width} values, got {} keys and {} values",
+                    key.len(),
+                    value.len()
+                ),
             });
         }
         self.keys.extend_from_slice(key);
@@ -223,7 +230,7 @@ impl KvSource for VecKv {
 }
 
 /// One query block of one layer: everything mask estimation and attention read.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct QueryBlock<'a, K: KvSource + ?Sized> {
     /// Layer index (selects the per-layer knobs of [`HipConfig::layer_params`]).
     pub layer: usize,
@@ -237,6 +244,15 @@ pub struct QueryBlock<'a, K: KvSource + ?Sized> {
     /// cos/sin table; must cover the positions the strategies assign (see the module doc).
     pub rope: &'a RopeTable,
 }
+
+// By hand, because a derive would demand `K: Copy`; the block only holds references.
+impl<K: KvSource + ?Sized> Clone for QueryBlock<'_, K> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<K: KvSource + ?Sized> Copy for QueryBlock<'_, K> {}
 
 impl<K: KvSource + ?Sized> QueryBlock<'_, K> {
     /// Number of queries n_q.
@@ -262,7 +278,12 @@ impl<K: KvSource + ?Sized> QueryBlock<'_, K> {
         let row = shape.n_heads * shape.head_dim;
         if self.q.is_empty() || self.q.len() % row != 0 {
             return Err(HipError::Shape {
-                what: format!("{} query values are not a positive number of [H = {}][d = {}] rows", self.q.len(), shape.n_heads, shape.head_dim),
+                what: format!(
+                    "{} query values are not a positive number of [H = {}][d = {}] rows",
+                    self.q.len(),
+                    shape.n_heads,
+                    shape.head_dim
+                ),
             });
         }
         if self.kv.n_kv_heads() != shape.n_kv_heads || self.kv.head_dim() != shape.head_dim {
@@ -278,7 +299,9 @@ impl<K: KvSource + ?Sized> QueryBlock<'_, K> {
         }
         let rotated = 2 * self.rope.half();
         if rotated > shape.head_dim {
-            return Err(HipError::Shape { what: format!("RoPE rotates {rotated} dims of a head of {}", shape.head_dim) });
+            return Err(HipError::Shape {
+                what: format!("RoPE rotates {rotated} dims of a head of {}", shape.head_dim),
+            });
         }
         let pos_end = self.pos_start + self.n_q();
         if pos_end > self.kv.len() {
@@ -298,13 +321,27 @@ impl<K: KvSource + ?Sized> QueryBlock<'_, K> {
     }
 }
 
-/// `Σ a[i]·b[i]` in index order (the order the tie-breaking rules assume).
+/// `Σ a[i]·b[i]` over `min(a.len(), b.len())` terms, accumulated in 8 lanes (lane `j` sums
+/// the terms `i ≡ j (mod 8)` in index order), then the lanes in order 0..8, then the tail of
+/// the last `len % 8` terms. A fixed order, so results are the same on every platform, and one
+/// that the compiler vectorises.
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut s = 0f32;
-    for (x, y) in a.iter().zip(b) {
-        s += x * y;
+    let (a_chunks, b_chunks) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (a_tail, b_tail) = (a_chunks.remainder(), b_chunks.remainder());
+    let mut lanes = [0f32; 8];
+    for (x, y) in a_chunks.zip(b_chunks) {
+        for j in 0..8 {
+            lanes[j] += x[j] * y[j];
+        }
     }
-    s
+    let mut sum = 0f32;
+    for lane in lanes {
+        sum += lane;
+    }
+    for (x, y) in a_tail.iter().zip(b_tail) {
+        sum += x * y;
+    }
+    sum
 }
 
 #[cfg(test)]

@@ -67,7 +67,11 @@ impl DecodeMaskCache {
 
     /// One decode step for `block` (usually one token): recomputes the stages the schedule
     /// says, and returns the mask.
-    pub fn step<K: KvSource + ?Sized>(&mut self, cfg: &HipConfig, block: &QueryBlock<K>) -> Result<DecodeStep, HipError> {
+    pub fn step<K: KvSource + ?Sized>(
+        &mut self,
+        cfg: &HipConfig,
+        block: &QueryBlock<K>,
+    ) -> Result<DecodeStep, HipError> {
         cfg.validate()?;
         let n_stages = cfg.n_stages();
         let stale = match self.stages.first() {
@@ -86,10 +90,10 @@ impl DecodeMaskCache {
         if let Some(first) = refreshed_from {
             let mut fresh = Vec::with_capacity(n_stages);
             for stage in first..n_stages {
-                let prev = if stage == 0 {
-                    None
-                } else {
-                    Some(fresh.last().unwrap_or(&self.stages[stage - 1]))
+                let prev = match (stage, fresh.last()) {
+                    (0, _) => None,
+                    (_, Some(just_computed)) => Some(just_computed),
+                    (_, None) => self.stages.get(stage - 1),
                 };
                 let kept = run_stage(cfg, block, stage, prev)?;
                 fresh.push(kept);
@@ -122,7 +126,13 @@ mod tests {
         // fast (32, 16, 8).
         let fast = "0.......2.......1.......2.......0.......2.......1.......2.......0";
         // flash (96, 24, 8): stages 1–2 at 24, 48, 72; stage 2 alone at the other multiples of 8.
-        let flash = format!("{}{}{}{}0", "0.......2.......2.......", "1.......2.......2.......", "1.......2.......2.......", "1.......2.......2.......");
+        let flash = format!(
+            "{}{}{}{}0",
+            "0.......2.......2.......",
+            "1.......2.......2.......",
+            "1.......2.......2.......",
+            "1.......2.......2......."
+        );
         for name in PRESET_NAMES {
             let cfg = HipConfig::preset(name).unwrap();
             let want = match name {
