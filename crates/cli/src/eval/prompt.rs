@@ -180,9 +180,15 @@ fn largest_fitting(
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
+    use crate::args::ModelPath;
     use crate::eval::haystack::{HaystackKind, NOISE_SENTENCES};
+    use crate::eval::passkey;
     use crate::eval::rng::SplitMix64;
+    use crate::eval::CaseSpec;
+    use crate::load::Opened;
 
     /// One token per space-separated word: lengths can be worked out by hand.
     fn words(text: &str) -> Result<Vec<u32>> {
@@ -259,6 +265,119 @@ mod tests {
         let mut hay = Haystack::new(HaystackKind::Noise, SplitMix64::new(0));
         let err = build(&task(&[0.5]), &mut hay, &raw(), 7, &words).unwrap_err().to_string();
         assert!(err.contains("7 tokens is too short") && err.contains("8 tokens"), "{err}");
+    }
+
+    /// The default model: `$INFINIHIP_MODEL`, else `$XDG_CACHE_HOME/infinihip/models/…`, else
+    /// `$HOME/.cache/infinihip/models/…`. A missing file fails the test.
+    fn model_path() -> PathBuf {
+        const FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+        let path = match (std::env::var_os("INFINIHIP_MODEL"), std::env::var_os("XDG_CACHE_HOME")) {
+            (Some(model), _) => PathBuf::from(model),
+            (None, Some(cache)) => PathBuf::from(cache).join("infinihip/models").join(FILE),
+            (None, None) => PathBuf::from(std::env::var_os("HOME").expect("$HOME is set"))
+                .join(".cache/infinihip/models")
+                .join(FILE),
+        };
+        assert!(
+            path.is_file(),
+            "the test model {} is missing: fetch it with `cargo run --release -- fetch`, or point $INFINIHIP_MODEL at it",
+            path.display()
+        );
+        path
+    }
+
+    fn open_model() -> Opened {
+        Opened::new(&ModelPath { model: Some(model_path()) }).expect("the model opens")
+    }
+
+    /// The builder's inputs for one passkey trial, as `eval passkey` derives them.
+    fn passkey_prompt(model: &Opened, format: PromptFormat, seed: u64, length: usize, depth: f64) -> (CaseSpec, Prompt) {
+        let mut rng = SplitMix64::for_case(seed, length, 0);
+        let spec = passkey::case(&mut rng, depth);
+        let mut hay = Haystack::new(HaystackKind::Noise, rng.fork());
+        let frame = Frame::new(format, &model.template).unwrap();
+        let special = format == PromptFormat::Chat;
+        let prompt =
+            build(&spec.text, &mut hay, &frame, length, &|t: &str| Ok(model.tokenizer.encode(t, special)?)).unwrap();
+        (spec, prompt)
+    }
+
+    /// Where `needle` occurs in `ids`.
+    fn find(ids: &[u32], needle: &[u32]) -> Option<usize> {
+        ids.windows(needle.len()).position(|w| w == needle)
+    }
+
+    #[test]
+    fn real_prompts_hit_the_length_within_one_sentence() {
+        let model = open_model();
+        for format in [PromptFormat::Chat, PromptFormat::Raw] {
+            let special = format == PromptFormat::Chat;
+            let encode = |t: &str| -> Result<Vec<u32>> { Ok(model.tokenizer.encode(t, special)?) };
+            let frame = Frame::new(format, &model.template).unwrap();
+            for kind in [HaystackKind::Noise, HaystackKind::Words] {
+                for target in [700, 2048, 5000] {
+                    let mut rng = SplitMix64::for_case(1, target, 0);
+                    let spec = passkey::case(&mut rng, 0.4);
+                    let mut hay = Haystack::new(kind, rng.fork());
+                    let p = build(&spec.text, &mut hay, &frame, target, &encode).unwrap();
+                    let n = p.haystack_sentences;
+                    assert_eq!(p.ids, encode(&render(&spec.text, hay.first(n), &frame).0).unwrap());
+                    // The next haystack sentence, with the space before it, would not have fitted.
+                    let next = model.tokenizer.encode(&format!(" {}", hay.first(n + 1)[n]), false).unwrap();
+                    assert!(p.ids.len() <= target, "{format:?} {kind:?} {target}: {} tokens", p.ids.len());
+                    assert!(
+                        p.ids.len() + next.len() > target,
+                        "{format:?} {kind:?} {target}: {} tokens, and a {}-token sentence still fits",
+                        p.ids.len(),
+                        next.len()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn real_prompts_put_the_needle_at_its_depth() {
+        let model = open_model();
+        for format in [PromptFormat::Chat, PromptFormat::Raw] {
+            for depth in [0.0, 0.25, 0.5, 0.75, 1.0] {
+                let (spec, p) = passkey_prompt(&model, format, 2, 4096, depth);
+                // The needle's own tokens, with the space that precedes it in the prompt.
+                let needle = model.tokenizer.encode(&format!(" {}", spec.text.needles[0].sentence), false).unwrap();
+                let at = find(&p.ids, &needle).expect("the needle's tokens are in the prompt");
+                assert_eq!(p.needle_offsets, vec![at], "{format:?} depth {depth}");
+                let relative = at as f64 / p.ids.len() as f64;
+                assert!((relative - depth).abs() < 0.03, "{format:?} depth {depth}: needle at {at}/{}", p.ids.len());
+            }
+        }
+    }
+
+    #[test]
+    fn real_prompts_frame_the_question_and_answer_prefix() {
+        let model = open_model();
+        let (_, chat) = passkey_prompt(&model, PromptFormat::Chat, 0, 1024, 0.5);
+        let text = model.tokenizer.decode(&chat.ids, false).unwrap();
+        assert!(text.starts_with("<|im_start|>system\n"), "{text}");
+        assert!(text.contains("<|im_start|>user\nThere is an important info hidden"), "{text}");
+        let tail = &text[text.len() - 120..];
+        assert!(tail.ends_with("What is the pass key?<|im_end|>\n<|im_start|>assistant\nThe pass key is"), "{tail}");
+        let (_, raw) = passkey_prompt(&model, PromptFormat::Raw, 0, 1024, 0.5);
+        let text = model.tokenizer.decode(&raw.ids, false).unwrap();
+        assert!(text.starts_with("There is an important info hidden inside a lot of irrelevant text."), "{text}");
+        let tail = &text[text.len() - 120..];
+        assert!(tail.ends_with(". What is the pass key? The pass key is"), "{tail}");
+    }
+
+    #[test]
+    fn real_prompts_are_determined_by_the_seed() {
+        let model = open_model();
+        let (a_spec, a) = passkey_prompt(&model, PromptFormat::Chat, 11, 2048, 0.3);
+        let (b_spec, b) = passkey_prompt(&model, PromptFormat::Chat, 11, 2048, 0.3);
+        assert_eq!(a_spec, b_spec);
+        assert_eq!(a, b);
+        let (c_spec, c) = passkey_prompt(&model, PromptFormat::Chat, 12, 2048, 0.3);
+        assert_ne!(a_spec.expected, c_spec.expected);
+        assert_ne!(a.ids, c.ids);
     }
 
     #[test]
