@@ -41,7 +41,7 @@ use crate::load::Opened;
 use attention::{build_engine, AttentionChoice, AttentionMode};
 use haystack::{Haystack, HaystackKind};
 use niah::{NiahOptions, NiahVariant};
-use options::{length_label, trial_depths, PromptFormat};
+use options::{flag_name, length_label, trial_depths, PromptFormat};
 use prompt::{Frame, Prompt, TaskText};
 use report::{CaseResult, LengthResult, Report};
 use rng::SplitMix64;
@@ -160,21 +160,7 @@ fn run(task: Task, haystack: HaystackKind, args: &EvalArgs) -> Result<()> {
         );
     }
 
-    let frame = Frame::new(args.format, &opened.template)?;
-    let parse_special = args.format == PromptFormat::Chat;
-    let encode = |text: &str| -> Result<Vec<u32>> { Ok(opened.tokenizer.encode(text, parse_special)?) };
-    let mut planned = Vec::with_capacity(lengths.len() * depths.len());
-    for &length in lengths {
-        for (trial, &depth) in depths.iter().enumerate() {
-            let mut rng = SplitMix64::for_case(args.seed, length, trial);
-            let spec = task.case(&mut rng, depth);
-            let mut hay = Haystack::new(haystack, rng.fork());
-            let prompt = prompt::build(&spec.text, &mut hay, &frame, length, &encode)
-                .with_context(|| format!("building the prompt of trial {trial} at length {length}"))?;
-            planned.push(Planned { length, trial, depth, spec, prompt });
-        }
-    }
-
+    let planned = plan(task, haystack, args, &opened, &depths)?;
     let mut engine = build_engine(&opened, &args.model, &attention, ctx_tokens)?;
     eprintln!(
         "eval {}: {} length(s) × {} trials, {} attention, {} format, KV pool of {ctx_tokens} tokens",
@@ -182,7 +168,7 @@ fn run(task: Task, haystack: HaystackKind, args: &EvalArgs) -> Result<()> {
         lengths.len(),
         args.trials,
         attention.label(),
-        if parse_special { "chat" } else { "raw" },
+        flag_name(args.format),
     );
     let generate = GenerateOptions { max_tokens: max_new_tokens, stop_ids: opened.tokenizer.stop_ids().to_vec() };
     let mut runner = Runner { engine: &mut engine, session: Session::new(), tokenizer: &opened.tokenizer, generate };
@@ -215,6 +201,26 @@ fn run(task: Task, haystack: HaystackKind, args: &EvalArgs) -> Result<()> {
         std::fs::write(path, svg::plot(&report)).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// Every case of the run, with its prompt, in length order then trial order.
+fn plan(task: Task, haystack: HaystackKind, args: &EvalArgs, opened: &Opened, depths: &[f64]) -> Result<Vec<Planned>> {
+    let frame = Frame::new(args.format, &opened.template)?;
+    // The chat frame holds the template's control tokens; raw text must not produce any.
+    let parse_special = args.format == PromptFormat::Chat;
+    let encode = |text: &str| -> Result<Vec<u32>> { Ok(opened.tokenizer.encode(text, parse_special)?) };
+    let mut planned = Vec::with_capacity(args.lengths.0.len() * depths.len());
+    for &length in &args.lengths.0 {
+        for (trial, &depth) in depths.iter().enumerate() {
+            let mut rng = SplitMix64::for_case(args.seed, length, trial);
+            let spec = task.case(&mut rng, depth);
+            let mut hay = Haystack::new(haystack, rng.fork());
+            let prompt = prompt::build(&spec.text, &mut hay, &frame, length, &encode)
+                .with_context(|| format!("building the prompt of trial {trial} at length {length}"))?;
+            planned.push(Planned { length, trial, depth, spec, prompt });
+        }
+    }
+    Ok(planned)
 }
 
 /// The engine, the one session every case goes through, and generation settings.

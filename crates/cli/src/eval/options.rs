@@ -115,6 +115,11 @@ pub fn trial_depths(trials: usize, depths: Option<&Depths>) -> Vec<f64> {
     }
 }
 
+/// How a flag value is spelled on the command line (`chat`, `multikey`, `dense`).
+pub fn flag_name<T: ValueEnum>(value: T) -> String {
+    value.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default()
+}
+
 /// A length for people: `2K`, `1M`, or the plain number when it is not a whole multiple.
 pub fn length_label(tokens: usize) -> String {
     const M: usize = 1024 * 1024;

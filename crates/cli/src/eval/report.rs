@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 use super::attention::{series_label, AttentionMode};
 use super::haystack::HaystackKind;
 use super::niah::NiahVariant;
-use super::options::{length_label, PromptFormat};
+use super::options::{flag_name, length_label, PromptFormat};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -136,13 +136,13 @@ impl Report {
     /// What was run, in one line.
     pub fn title(&self) -> String {
         let task = match self.variant {
-            Some(variant) => format!("{} {}", self.task, serde_label(&variant)),
+            Some(variant) => format!("{} {}", self.task, flag_name(variant)),
             None => self.task.to_string(),
         };
         format!(
             "{task}, {} haystack, {} format, {}, seed {}",
-            serde_label(&self.haystack),
-            serde_label(&self.format),
+            flag_name(self.haystack),
+            flag_name(self.format),
             self.model,
             self.seed
         )
@@ -189,16 +189,10 @@ impl Report {
     }
 }
 
-/// The name serde gives a unit enum value (`dense`, `multikey`), for text output.
-fn serde_label<T: Serialize>(value: &T) -> String {
-    match serde_json::to_value(value) {
-        Ok(Value::String(s)) => s,
-        _ => String::new(),
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
+    use clap::ValueEnum;
+
     use super::*;
 
     pub(crate) fn case(trial: usize, depth: f64, correct: bool) -> CaseResult {
@@ -302,6 +296,21 @@ pub(crate) mod tests {
         assert_eq!(lines[3], "|---|---|---|---|---|---|---|");
         assert_eq!(lines[4], "| 2K | dense | 2/3 | 67% | 1/1 | 0/1 | 1/1 |");
         assert_eq!(lines[5], "| 8K | dense | 0/2 | 0% | 0/1 | – | 0/1 |");
+    }
+
+    /// The JSON spells every enum value as its command-line flag does.
+    fn json_matches_flags<T: ValueEnum + Serialize>() {
+        for value in T::value_variants() {
+            assert_eq!(serde_json::to_value(value).unwrap(), Value::from(flag_name(value.clone())));
+        }
+    }
+
+    #[test]
+    fn json_values_are_spelled_like_the_flags() {
+        json_matches_flags::<AttentionMode>();
+        json_matches_flags::<HaystackKind>();
+        json_matches_flags::<NiahVariant>();
+        json_matches_flags::<PromptFormat>();
     }
 
     #[test]

@@ -134,9 +134,10 @@ fn heatmap(svg: &mut String, report: &Report, label: &str, lengths: &[usize], de
     let cell_width = cell_width.min(CELL_MAX_WIDTH);
     text(svg, CHART_LEFT, top + 16.0, "start", 13.0, &format!("accuracy by length and depth: {label}"));
     let grid_top = top + HEATMAP_TITLE;
+    text(svg, CHART_LEFT - 8.0, grid_top - 4.0, "end", 11.0, "depth");
     for (row, &depth) in depths.iter().enumerate() {
         let y = grid_top + CELL_HEIGHT * row as f64;
-        text(svg, CHART_LEFT - 8.0, y + CELL_HEIGHT / 2.0 + 4.0, "end", 11.0, &format!("depth {depth:.2}"));
+        text(svg, CHART_LEFT - 8.0, y + CELL_HEIGHT / 2.0 + 4.0, "end", 11.0, &format!("{depth:.2}"));
         for (col, &length) in lengths.iter().enumerate() {
             let x = CHART_LEFT + cell_width * col as f64;
             let (correct, total) = report
