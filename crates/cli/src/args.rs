@@ -116,8 +116,7 @@ pub enum BenchCommand {
 }
 
 /// `--ctx-size` means the same for the evals, with a default of their own.
-const EVAL_CTX_HELP: &str =
-    "Positions in the KV pool [default: the longest prompt plus the answer's token budget]";
+const EVAL_CTX_HELP: &str = "Positions in the KV pool [default: the longest prompt plus the answer's token budget]";
 
 #[derive(Debug, Subcommand)]
 pub enum EvalCommand {

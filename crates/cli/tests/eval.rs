@@ -63,7 +63,8 @@ fn passkey_end_to_end_writes_consistent_json_table_and_plot() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
 
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written")).expect("valid JSON");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written")).expect("valid JSON");
     assert_eq!(report["task"], "passkey");
     assert_eq!(report["model"], "SmolLM2-135M-Instruct.Q4_1.gguf");
     assert_eq!(report["seed"], 4);

@@ -20,6 +20,7 @@ pub const NOISE_SENTENCES: [&str; 5] =
 /// Common English words for the `words` haystack and the NIAH keys. Written for this project.
 /// Words that the questions use (key, pass, number, special, magic) are left out, so the
 /// haystack never looks like a needle.
+#[rustfmt::skip]
 pub const WORDS: &[&str] = &[
     "about", "above", "across", "act", "add", "afraid", "after", "again", "against", "age", "ago", "air", "all",
     "almost", "alone", "along", "already", "always", "among", "animal", "answer", "apple", "area", "arm", "army",

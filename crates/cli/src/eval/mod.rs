@@ -122,8 +122,7 @@ fn run(task: Task, haystack: HaystackKind, args: &EvalArgs) -> Result<()> {
     if args.trials == 0 {
         bail!("--trials must be at least 1");
     }
-    let attention =
-        AttentionChoice::new(args.attention, args.hip_preset.as_deref(), args.hip_config.as_deref())?;
+    let attention = AttentionChoice::new(args.attention, args.hip_preset.as_deref(), args.hip_config.as_deref())?;
     let depths = trial_depths(args.trials, args.depths.as_ref());
     if let Some(given) = &args.depths {
         if args.trials % given.0.len() != 0 {

@@ -176,7 +176,10 @@ mod tests {
         assert_eq!(key.split('-').count(), 2, "{key}");
         assert_eq!(s.expected, vec![value_of(&needle.sentence).to_string()]);
         assert_eq!(s.expected[0].len(), 7);
-        assert_eq!(s.text.question, format!("What is the special magic number for {key} mentioned in the provided text?"));
+        assert_eq!(
+            s.text.question,
+            format!("What is the special magic number for {key} mentioned in the provided text?")
+        );
         assert_eq!(s.scoring, Scoring::FirstInteger);
     }
 

@@ -54,7 +54,13 @@ fn split_items<'a>(s: &'a str, what: &'static str) -> Result<Vec<&'a str>, ListE
     }
     s.split(',')
         .map(str::trim)
-        .map(|item| if item.is_empty() { Err(ListError::BadItem { item: s.to_string(), reason: "empty item" }) } else { Ok(item) })
+        .map(|item| {
+            if item.is_empty() {
+                Err(ListError::BadItem { item: s.to_string(), reason: "empty item" })
+            } else {
+                Ok(item)
+            }
+        })
         .collect()
 }
 
@@ -78,8 +84,10 @@ fn parse_length(item: &str) -> Result<usize, ListError> {
 
 /// Parses `--lengths`, e.g. `2k,8k,32k` → 2048, 8192, 32768 (sorted ascending).
 pub fn parse_lengths(s: &str) -> Result<Lengths, ListError> {
-    let mut parsed: Vec<(usize, &str)> =
-        split_items(s, "lengths")?.into_iter().map(|item| parse_length(item).map(|n| (n, item))).collect::<Result<_, _>>()?;
+    let mut parsed: Vec<(usize, &str)> = split_items(s, "lengths")?
+        .into_iter()
+        .map(|item| parse_length(item).map(|n| (n, item)))
+        .collect::<Result<_, _>>()?;
     parsed.sort_unstable_by_key(|&(n, _)| n);
     if let Some(pair) = parsed.windows(2).find(|w| w[0].0 == w[1].0) {
         return Err(ListError::Duplicate { item: format!("{} (= {})", pair[1].1, pair[1].0) });

@@ -21,7 +21,10 @@ pub fn case(rng: &mut SplitMix64, depth: f64) -> CaseSpec {
     CaseSpec {
         text: TaskText {
             intro: INTRO.to_string(),
-            needles: vec![Needle { sentence: format!("The pass key is {key}. Remember it. {key} is the pass key."), depth }],
+            needles: vec![Needle {
+                sentence: format!("The pass key is {key}. Remember it. {key} is the pass key."),
+                depth,
+            }],
             question: QUESTION.to_string(),
             answer_prefix: ANSWER_PREFIX.to_string(),
         },
@@ -44,7 +47,10 @@ mod tests {
             assert!(!key.starts_with('0'));
             assert_eq!(spec.text.needles.len(), 1);
             assert_eq!(spec.text.needles[0].depth, 0.25);
-            assert_eq!(spec.text.needles[0].sentence, format!("The pass key is {key}. Remember it. {key} is the pass key."));
+            assert_eq!(
+                spec.text.needles[0].sentence,
+                format!("The pass key is {key}. Remember it. {key} is the pass key.")
+            );
         }
         let a = case(&mut SplitMix64::new(9), 0.0);
         let b = case(&mut SplitMix64::new(9), 0.0);

@@ -202,7 +202,11 @@ mod tests {
     fn task(depths: &[f64]) -> TaskText {
         TaskText {
             intro: "Intro words here.".into(),
-            needles: depths.iter().enumerate().map(|(i, &depth)| Needle { sentence: format!("NEEDLE{i}."), depth }).collect(),
+            needles: depths
+                .iter()
+                .enumerate()
+                .map(|(i, &depth)| Needle { sentence: format!("NEEDLE{i}."), depth })
+                .collect(),
             question: "Which one?".into(),
             answer_prefix: "It is".into(),
         }
@@ -253,10 +257,7 @@ mod tests {
         let sentences: Vec<String> = NOISE_SENTENCES[..2].iter().map(|s| s.to_string()).collect();
         let frame = Frame { before: "<u>".into(), after: "</u><a>".into() };
         let (text, offsets) = render(&task(&[1.0]), &sentences, &frame);
-        assert_eq!(
-            text,
-            "<u>Intro words here. The grass is green. The sky is blue. NEEDLE0. Which one?</u><a>It is"
-        );
+        assert_eq!(text, "<u>Intro words here. The grass is green. The sky is blue. NEEDLE0. Which one?</u><a>It is");
         assert_eq!(&text[offsets[0]..offsets[0] + 8], "NEEDLE0.");
     }
 
@@ -291,7 +292,13 @@ mod tests {
     }
 
     /// The builder's inputs for one passkey trial, as `eval passkey` derives them.
-    fn passkey_prompt(model: &Opened, format: PromptFormat, seed: u64, length: usize, depth: f64) -> (CaseSpec, Prompt) {
+    fn passkey_prompt(
+        model: &Opened,
+        format: PromptFormat,
+        seed: u64,
+        length: usize,
+        depth: f64,
+    ) -> (CaseSpec, Prompt) {
         let mut rng = SplitMix64::for_case(seed, length, 0);
         let spec = passkey::case(&mut rng, depth);
         let mut hay = Haystack::new(HaystackKind::Noise, rng.fork());

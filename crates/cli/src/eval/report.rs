@@ -216,7 +216,8 @@ pub(crate) mod tests {
 
     pub(crate) fn result(length: usize, attention: AttentionMode, preset: Option<&str>, hits: &[bool]) -> LengthResult {
         let depths = super::super::options::trial_depths(hits.len(), None);
-        let cases: Vec<CaseResult> = hits.iter().zip(depths).enumerate().map(|(i, (&hit, d))| case(i, d, hit)).collect();
+        let cases: Vec<CaseResult> =
+            hits.iter().zip(depths).enumerate().map(|(i, (&hit, d))| case(i, d, hit)).collect();
         let correct = hits.iter().filter(|&&h| h).count();
         LengthResult {
             length,

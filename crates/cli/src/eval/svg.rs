@@ -58,7 +58,9 @@ fn length_x(length: usize, shortest: usize, longest: usize) -> f64 {
     }
     let span = (longest as f64).log2() - (shortest as f64).log2();
     let pad = 20.0;
-    CHART_LEFT + pad + ((length as f64).log2() - (shortest as f64).log2()) / span * (CHART_RIGHT - CHART_LEFT - 2.0 * pad)
+    CHART_LEFT
+        + pad
+        + ((length as f64).log2() - (shortest as f64).log2()) / span * (CHART_RIGHT - CHART_LEFT - 2.0 * pad)
 }
 
 fn accuracy_y(accuracy: f64) -> f64 {
@@ -69,18 +71,13 @@ fn line_chart(svg: &mut String, report: &Report, series: &[String], lengths: &[u
     let (shortest, longest) = (lengths.first().copied().unwrap_or(1), lengths.last().copied().unwrap_or(1));
     for percent in [0, 25, 50, 75, 100] {
         let y = accuracy_y(percent as f64 / 100.0);
-        let _ = writeln!(
-            svg,
-            r##"<line x1="{CHART_LEFT}" y1="{y}" x2="{CHART_RIGHT}" y2="{y}" stroke="#dddddd"/>"##
-        );
+        let _ = writeln!(svg, r##"<line x1="{CHART_LEFT}" y1="{y}" x2="{CHART_RIGHT}" y2="{y}" stroke="#dddddd"/>"##);
         text(svg, CHART_LEFT - 8.0, y + 4.0, "end", 12.0, &format!("{percent}%"));
     }
     for &length in lengths {
         let x = length_x(length, shortest, longest);
-        let _ = writeln!(
-            svg,
-            r##"<line x1="{x:.1}" y1="{CHART_TOP}" x2="{x:.1}" y2="{CHART_BOTTOM}" stroke="#eeeeee"/>"##
-        );
+        let _ =
+            writeln!(svg, r##"<line x1="{x:.1}" y1="{CHART_TOP}" x2="{x:.1}" y2="{CHART_BOTTOM}" stroke="#eeeeee"/>"##);
         text(svg, x, CHART_BOTTOM + 18.0, "middle", 12.0, &length_label(length));
     }
     let _ = writeln!(
@@ -89,7 +86,14 @@ fn line_chart(svg: &mut String, report: &Report, series: &[String], lengths: &[u
         CHART_RIGHT - CHART_LEFT,
         CHART_BOTTOM - CHART_TOP
     );
-    text(svg, (CHART_LEFT + CHART_RIGHT) / 2.0, CHART_BOTTOM + 38.0, "middle", 12.0, "prompt length (tokens, log scale)");
+    text(
+        svg,
+        (CHART_LEFT + CHART_RIGHT) / 2.0,
+        CHART_BOTTOM + 38.0,
+        "middle",
+        12.0,
+        "prompt length (tokens, log scale)",
+    );
     let _ = writeln!(
         svg,
         r#"<text x="18" y="{}" text-anchor="middle" font-size="12" transform="rotate(-90 18 {})">accuracy</text>"#,
@@ -115,8 +119,11 @@ fn line_chart(svg: &mut String, report: &Report, series: &[String], lengths: &[u
             coords.join(" ")
         );
         for (x, y, tip) in &points {
-            let _ =
-                writeln!(svg, r#"<circle cx="{x:.1}" cy="{y:.1}" r="4" fill="{colour}"><title>{}</title></circle>"#, escape(tip));
+            let _ = writeln!(
+                svg,
+                r#"<circle cx="{x:.1}" cy="{y:.1}" r="4" fill="{colour}"><title>{}</title></circle>"#,
+                escape(tip)
+            );
         }
         let legend_y = CHART_TOP + 10.0 + 20.0 * i as f64;
         let _ = writeln!(
@@ -152,7 +159,14 @@ fn heatmap(svg: &mut String, report: &Report, label: &str, lengths: &[usize], de
                 r##"<rect x="{x:.1}" y="{y:.1}" width="{cell_width:.1}" height="{CELL_HEIGHT}" fill="{fill}" stroke="#ffffff"/>"##
             );
             if total > 0 {
-                text(svg, x + cell_width / 2.0, y + CELL_HEIGHT / 2.0 + 4.0, "middle", 11.0, &format!("{correct}/{total}"));
+                text(
+                    svg,
+                    x + cell_width / 2.0,
+                    y + CELL_HEIGHT / 2.0 + 4.0,
+                    "middle",
+                    11.0,
+                    &format!("{correct}/{total}"),
+                );
             }
         }
     }
