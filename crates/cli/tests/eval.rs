@@ -138,6 +138,10 @@ fn bad_flags_give_clear_errors() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("only with --attention hip"), "{}", stderr(&o));
 
+    let o = infinihip(&["eval", "passkey", "--json", "/nonexistent-dir/report.json"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("cannot write /nonexistent-dir/report.json"), "{}", stderr(&o));
+
     let o = infinihip(&["eval", "niah", "--variant", "single", "--needles", "3"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("one needle"), "{}", stderr(&o));

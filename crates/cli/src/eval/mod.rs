@@ -135,6 +135,15 @@ fn run(task: Task, haystack: HaystackKind, args: &EvalArgs) -> Result<()> {
     }
     let lengths = &args.lengths.0;
     let longest = lengths.last().copied().context("no --lengths given")?;
+    // A run can take hours: find out now, not at the end, if an output file cannot be written.
+    for path in args.json.iter().chain(&args.plot) {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
 
     let opened = Opened::new(&args.model.path)?;
     if args.format == PromptFormat::Chat {
