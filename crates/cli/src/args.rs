@@ -6,6 +6,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use infinihip_core::sampling::SamplingParams;
 
+use crate::eval::attention::AttentionMode;
+use crate::eval::haystack::HaystackKind;
+use crate::eval::niah::NiahVariant;
+use crate::eval::options::{parse_depths, parse_lengths, Depths, Lengths, PromptFormat};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "infinihip",
@@ -84,6 +89,9 @@ pub enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Retrieval accuracy against prompt length and needle depth (see docs/EVAL.md).
+    #[command(subcommand)]
+    Eval(EvalCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -105,6 +113,72 @@ pub enum BenchCommand {
         #[command(flatten)]
         model: ModelArgs,
     },
+}
+
+/// `--ctx-size` means the same for the evals, with a default of their own.
+const EVAL_CTX_HELP: &str = "Positions in the KV pool [default: the longest prompt plus the answer's token budget]";
+
+#[derive(Debug, Subcommand)]
+pub enum EvalCommand {
+    /// Passkey retrieval, Landmark style: a five-digit key hidden in repeated filler text.
+    #[command(mut_arg("ctx_size", |a| a.help(EVAL_CTX_HELP)))]
+    Passkey {
+        #[command(flatten)]
+        eval: EvalArgs,
+    },
+    /// Needle in a haystack, RULER style: seven-digit "special magic numbers" tied to keys.
+    #[command(mut_arg("ctx_size", |a| a.help(EVAL_CTX_HELP)))]
+    Niah {
+        /// Which needles are hidden and asked for.
+        #[arg(long, value_enum, default_value_t = NiahVariant::Single)]
+        variant: NiahVariant,
+        /// The text the needles hide in.
+        #[arg(long, value_enum, default_value_t = HaystackKind::Noise)]
+        haystack: HaystackKind,
+        /// Needles per case for multikey, multivalue and multiquery (2..=64) [default: 4]
+        #[arg(long, value_name = "N")]
+        needles: Option<usize>,
+        #[command(flatten)]
+        eval: EvalArgs,
+    },
+}
+
+/// Flags shared by the evals.
+#[derive(Debug, Args, Clone)]
+pub struct EvalArgs {
+    /// Prompt lengths in tokens, comma-separated; k = 1024, m = 1024² (e.g. 2k,8k,32k).
+    #[arg(long, value_name = "LIST", default_value = "1k,2k,4k,8k", value_parser = parse_lengths)]
+    pub lengths: Lengths,
+    /// Trials per length.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub trials: usize,
+    /// Needle depths, comma-separated, 0 = start of the haystack, 1 = end; the trials take them
+    /// in turn [default: the trials spread evenly over 0..1]
+    #[arg(long, value_name = "LIST", value_parser = parse_depths)]
+    pub depths: Option<Depths>,
+    /// Seed of the prompts (keys, numbers, haystack words): the same flags give the same prompts.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// How the prompt reaches the model.
+    #[arg(long, value_enum, default_value_t = PromptFormat::Chat)]
+    pub format: PromptFormat,
+    /// Attention kernel.
+    #[arg(long, value_enum, default_value_t = AttentionMode::Dense)]
+    pub attention: AttentionMode,
+    /// HiP preset, with --attention hip [default: default]
+    #[arg(long, value_name = "NAME")]
+    pub hip_preset: Option<String>,
+    /// HiP settings overriding the preset, as a JSON object, with --attention hip.
+    #[arg(long, value_name = "JSON")]
+    pub hip_config: Option<String>,
+    /// Write the full report (every case) as JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+    /// Write an SVG plot (accuracy against length, and a length × depth heatmap) to this file.
+    #[arg(long, value_name = "PATH")]
+    pub plot: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
 }
 
 /// Which model file to use.

@@ -2,6 +2,7 @@
 
 mod args;
 mod bench;
+mod eval;
 mod generate;
 mod info;
 mod load;
@@ -11,7 +12,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Parser;
 
-use args::{BenchCommand, Cli, Command};
+use args::{BenchCommand, Cli, Command, EvalCommand};
 
 fn main() -> ExitCode {
     match run() {
@@ -38,6 +39,10 @@ fn run() -> Result<()> {
         }
         Command::Bench(BenchCommand::Cpu { prompt_tokens, gen_tokens, reps, json, model }) => {
             bench::cpu(prompt_tokens, gen_tokens, reps, json.as_deref(), &model)
+        }
+        Command::Eval(EvalCommand::Passkey { eval: args }) => eval::passkey(&args),
+        Command::Eval(EvalCommand::Niah { variant, haystack, needles, eval: args }) => {
+            eval::niah(variant, haystack, needles, &args)
         }
     }
 }
