@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use infinihip_core::sampling::SamplingParams;
 
-use crate::eval::attention::AttentionMode;
+use crate::attention::AttentionArgs;
 use crate::eval::haystack::HaystackKind;
 use crate::eval::niah::NiahVariant;
 use crate::eval::options::{parse_depths, parse_lengths, Depths, Lengths, PromptFormat};
@@ -39,6 +39,8 @@ pub enum Command {
         model: ModelArgs,
         #[command(flatten)]
         gen: GenArgs,
+        #[command(flatten)]
+        attention: AttentionArgs,
     },
     /// An interactive multi-turn chat on stdin/stdout (`/reset` starts over, `/exit` or EOF ends).
     #[command(allow_negative_numbers = true)]
@@ -50,6 +52,8 @@ pub enum Command {
         model: ModelArgs,
         #[command(flatten)]
         gen: GenArgs,
+        #[command(flatten)]
+        attention: AttentionArgs,
     },
     /// Raw continuation of TEXT, with no chat template.
     #[command(allow_negative_numbers = true)]
@@ -63,6 +67,8 @@ pub enum Command {
         model: ModelArgs,
         #[command(flatten)]
         gen: GenArgs,
+        #[command(flatten)]
+        attention: AttentionArgs,
     },
     /// Print the token ids of TEXT as a JSON array.
     Tokenize {
@@ -162,15 +168,8 @@ pub struct EvalArgs {
     /// How the prompt reaches the model.
     #[arg(long, value_enum, default_value_t = PromptFormat::Chat)]
     pub format: PromptFormat,
-    /// Attention kernel.
-    #[arg(long, value_enum, default_value_t = AttentionMode::Dense)]
-    pub attention: AttentionMode,
-    /// HiP preset, with --attention hip [default: default]
-    #[arg(long, value_name = "NAME")]
-    pub hip_preset: Option<String>,
-    /// HiP settings overriding the preset, as a JSON object, with --attention hip.
-    #[arg(long, value_name = "JSON")]
-    pub hip_config: Option<String>,
+    #[command(flatten)]
+    pub attention: AttentionArgs,
     /// Write the full report (every case) as JSON to this file.
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,

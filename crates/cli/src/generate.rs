@@ -13,18 +13,32 @@ use infinihip_engine::text::TextStreamer;
 use infinihip_engine::Engine;
 
 use crate::args::{GenArgs, ModelArgs};
+use crate::attention::{AttentionArgs, AttentionChoice, AttentionKind};
 use crate::load::Opened;
 
 /// How many positions the KV pool gets: `--ctx-size`, else the model's context or what this
-/// prompt and reply need, whichever is more.
-fn context_tokens(opened: &Opened, model: &ModelArgs, needed: usize) -> Result<usize> {
+/// prompt and reply need, whichever is more. Warns when dense attention will run past the
+/// model's native context.
+fn context_tokens(opened: &Opened, model: &ModelArgs, attention: &AttentionChoice, needed: usize) -> Result<usize> {
     let native = ModelConfig::from_metadata(opened.file.metadata(), None)?.context_length;
+    warn_past_native(attention, needed, native);
     match model.ctx_size {
         Some(ctx) if ctx < needed => {
             bail!("the prompt and --max-tokens need {needed} tokens, more than --ctx-size {ctx}")
         }
         Some(ctx) => Ok(ctx),
         None => Ok(native.max(needed)),
+    }
+}
+
+/// Dense attention past the native context keeps plain RoPE, which the model never saw so far
+/// out; HiP re-positions keys and stays inside it.
+fn warn_past_native(attention: &AttentionChoice, tokens: usize, native: usize) {
+    if attention.kind == AttentionKind::Dense && tokens > native {
+        eprintln!(
+            "infinihip: warning: {tokens} tokens is past the model's native context of {native}; dense attention \
+             there uses plain RoPE and degrades (--attention hip stays within it)"
+        );
     }
 }
 
@@ -143,16 +157,24 @@ fn warn_template(opened: &Opened) {
 }
 
 /// `infinihip run PROMPT`.
-pub fn run(prompt: &str, system: Option<&str>, model: &ModelArgs, gen: &GenArgs) -> Result<()> {
+pub fn run(
+    prompt: &str,
+    system: Option<&str>,
+    model: &ModelArgs,
+    gen: &GenArgs,
+    attention: &AttentionArgs,
+) -> Result<()> {
+    let attention = AttentionChoice::new(attention)?;
     let opened = Opened::new(&model.path)?;
     warn_template(&opened);
     let mut messages = chat_messages(system);
     messages.push(ChatMessage::new("user", prompt));
     let text = opened.template.render(&messages, true)?;
     let ids = opened.tokenizer.encode(&text, true)?;
-    let mut engine = opened.engine(model, context_tokens(&opened, model, ids.len() + gen.max_tokens)?)?;
+    let mut engine = opened.engine(model, context_tokens(&opened, model, &attention, ids.len() + gen.max_tokens)?)?;
+    let mut session = Session::with_attention(&attention.mode(), engine.model().config().n_layers);
     let mut sampler = sampler(gen)?;
-    let (stats, reply) = stream_reply(&opened, &mut engine, &mut Session::new(), &ids, gen, &mut sampler)?;
+    let (stats, reply) = stream_reply(&opened, &mut engine, &mut session, &ids, gen, &mut sampler)?;
     if !reply.ends_with('\n') {
         println!();
     }
@@ -161,15 +183,17 @@ pub fn run(prompt: &str, system: Option<&str>, model: &ModelArgs, gen: &GenArgs)
 }
 
 /// `infinihip complete TEXT`.
-pub fn complete(text: &str, special: bool, model: &ModelArgs, gen: &GenArgs) -> Result<()> {
+pub fn complete(text: &str, special: bool, model: &ModelArgs, gen: &GenArgs, attention: &AttentionArgs) -> Result<()> {
+    let attention = AttentionChoice::new(attention)?;
     let opened = Opened::new(&model.path)?;
     let ids = opened.tokenizer.encode(text, special)?;
     if ids.is_empty() {
         bail!("the text to complete is empty");
     }
-    let mut engine = opened.engine(model, context_tokens(&opened, model, ids.len() + gen.max_tokens)?)?;
+    let mut engine = opened.engine(model, context_tokens(&opened, model, &attention, ids.len() + gen.max_tokens)?)?;
+    let mut session = Session::with_attention(&attention.mode(), engine.model().config().n_layers);
     let mut sampler = sampler(gen)?;
-    let (stats, _) = stream_reply(&opened, &mut engine, &mut Session::new(), &ids, gen, &mut sampler)?;
+    let (stats, _) = stream_reply(&opened, &mut engine, &mut session, &ids, gen, &mut sampler)?;
     println!();
     print_stats(&stats, gen);
     Ok(())
@@ -177,14 +201,16 @@ pub fn complete(text: &str, special: bool, model: &ModelArgs, gen: &GenArgs) -> 
 
 /// `infinihip chat`: a REPL. The conversation is re-rendered with the template every turn;
 /// the session reuses the cached prefix, so only the new turn is prefilled.
-pub fn chat(system: Option<&str>, model: &ModelArgs, gen: &GenArgs) -> Result<()> {
+pub fn chat(system: Option<&str>, model: &ModelArgs, gen: &GenArgs, attention: &AttentionArgs) -> Result<()> {
+    let attention = AttentionChoice::new(attention)?;
     let opened = Opened::new(&model.path)?;
     warn_template(&opened);
     let native = ModelConfig::from_metadata(opened.file.metadata(), None)?.context_length;
     let ctx = model.ctx_size.unwrap_or(native);
+    warn_past_native(&attention, ctx, native);
     let mut engine = opened.engine(model, ctx)?;
     let mut sampler = sampler(gen)?;
-    let mut session = Session::new();
+    let mut session = Session::with_attention(&attention.mode(), engine.model().config().n_layers);
     let mut messages = chat_messages(system);
     let interactive = std::io::stdin().is_terminal();
     if interactive {

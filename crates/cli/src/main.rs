@@ -1,6 +1,7 @@
 //! The `infinihip` command-line tool.
 
 mod args;
+mod attention;
 mod bench;
 mod eval;
 mod generate;
@@ -27,9 +28,13 @@ fn main() -> ExitCode {
 fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { prompt, system, model, gen } => generate::run(&prompt, system.as_deref(), &model, &gen),
-        Command::Chat { system, model, gen } => generate::chat(system.as_deref(), &model, &gen),
-        Command::Complete { text, special, model, gen } => generate::complete(&text, special, &model, &gen),
+        Command::Run { prompt, system, model, gen, attention } => {
+            generate::run(&prompt, system.as_deref(), &model, &gen, &attention)
+        }
+        Command::Chat { system, model, gen, attention } => generate::chat(system.as_deref(), &model, &gen, &attention),
+        Command::Complete { text, special, model, gen, attention } => {
+            generate::complete(&text, special, &model, &gen, &attention)
+        }
         Command::Tokenize { text, special, verbose, model } => info::tokenize(&text, special, verbose, &model),
         Command::Info { model, all } => info::info(model, all),
         Command::Fetch => {

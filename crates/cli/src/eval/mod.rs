@@ -14,7 +14,6 @@
 //! cases run deepest needle first: with the noise haystack every prompt is the same text up to
 //! its needle, so each case recomputes only from its needle on.
 
-pub mod attention;
 pub mod haystack;
 pub mod niah;
 pub mod options;
@@ -37,8 +36,8 @@ use infinihip_engine::generate::{FinishReason, Flow, GenerateOptions, Session};
 use infinihip_engine::Engine;
 
 use crate::args::EvalArgs;
+use crate::attention::{AttentionChoice, AttentionKind};
 use crate::load::Opened;
-use attention::{build_engine, AttentionChoice, AttentionMode};
 use haystack::{Haystack, HaystackKind};
 use niah::{NiahOptions, NiahVariant};
 use options::{flag_name, length_label, trial_depths, PromptFormat};
@@ -122,7 +121,7 @@ fn run(task: Task, haystack: HaystackKind, args: &EvalArgs) -> Result<()> {
     if args.trials == 0 {
         bail!("--trials must be at least 1");
     }
-    let attention = AttentionChoice::new(args.attention, args.hip_preset.as_deref(), args.hip_config.as_deref())?;
+    let attention = AttentionChoice::new(&args.attention)?;
     let depths = trial_depths(args.trials, args.depths.as_ref());
     if let Some(given) = &args.depths {
         if args.trials % given.0.len() != 0 {
@@ -161,7 +160,7 @@ fn run(task: Task, haystack: HaystackKind, args: &EvalArgs) -> Result<()> {
         Some(ctx) => ctx,
         None => needed,
     };
-    if attention.mode == AttentionMode::Dense && needed > native {
+    if attention.kind == AttentionKind::Dense && needed > native {
         eprintln!(
             "infinihip: warning: prompts reach {needed} tokens, past the model's native context of {native}; \
              dense attention there uses plain RoPE and degrades"
@@ -169,7 +168,7 @@ fn run(task: Task, haystack: HaystackKind, args: &EvalArgs) -> Result<()> {
     }
 
     let planned = plan(task, haystack, args, &opened, &depths)?;
-    let mut engine = build_engine(&opened, &args.model, &attention, ctx_tokens)?;
+    let mut engine = opened.engine(&args.model, ctx_tokens)?;
     eprintln!(
         "eval {}: {} length(s) × {} trials, {} attention, {} format, KV pool of {ctx_tokens} tokens",
         task.name(),
@@ -179,7 +178,8 @@ fn run(task: Task, haystack: HaystackKind, args: &EvalArgs) -> Result<()> {
         flag_name(args.format),
     );
     let generate = GenerateOptions { max_tokens: max_new_tokens, stop_ids: opened.tokenizer.stop_ids().to_vec() };
-    let mut runner = Runner { engine: &mut engine, session: Session::new(), tokenizer: &opened.tokenizer, generate };
+    let session = Session::with_attention(&attention.mode(), engine.model().config().n_layers);
+    let mut runner = Runner { engine: &mut engine, session, tokenizer: &opened.tokenizer, generate };
     let mut progress = Progress { done: 0, total: planned.len() };
     let mut results = Vec::with_capacity(lengths.len());
     for cases in planned.chunk_by(|a, b| a.length == b.length) {
@@ -284,7 +284,7 @@ impl Runner<'_> {
         results.sort_by_key(|r| r.trial);
         Ok(LengthResult {
             length: cases.first().map_or(0, |c| c.length),
-            attention: attention.mode,
+            attention: attention.kind,
             preset: attention.preset.clone(),
             hip_config: attention.config.clone(),
             trials: results.len(),

@@ -20,10 +20,10 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::attention::{series_label, AttentionMode};
 use super::haystack::HaystackKind;
 use super::niah::NiahVariant;
 use super::options::{flag_name, length_label, PromptFormat};
+use crate::attention::{series_label, AttentionKind};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -53,7 +53,7 @@ pub struct Report {
 pub struct LengthResult {
     /// Requested prompt length in tokens.
     pub length: usize,
-    pub attention: AttentionMode,
+    pub attention: AttentionKind,
     pub preset: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hip_config: Option<Map<String, Value>>,
@@ -214,7 +214,7 @@ pub(crate) mod tests {
         }
     }
 
-    pub(crate) fn result(length: usize, attention: AttentionMode, preset: Option<&str>, hits: &[bool]) -> LengthResult {
+    pub(crate) fn result(length: usize, attention: AttentionKind, preset: Option<&str>, hits: &[bool]) -> LengthResult {
         let depths = super::super::options::trial_depths(hits.len(), None);
         let cases: Vec<CaseResult> =
             hits.iter().zip(depths).enumerate().map(|(i, (&hit, d))| case(i, d, hit)).collect();
@@ -252,8 +252,8 @@ pub(crate) mod tests {
     #[test]
     fn json_has_the_agreed_shape() {
         let r = report(vec![
-            result(2048, AttentionMode::Dense, None, &[true, false, true]),
-            result(16384, AttentionMode::Hip, Some("default"), &[true, true]),
+            result(2048, AttentionKind::Dense, None, &[true, false, true]),
+            result(16384, AttentionKind::Hip, Some("default"), &[true, true]),
         ]);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.json");
@@ -287,8 +287,8 @@ pub(crate) mod tests {
     #[test]
     fn table_rows_give_totals_and_depths() {
         let r = report(vec![
-            result(2048, AttentionMode::Dense, None, &[true, false, true]),
-            result(8192, AttentionMode::Dense, None, &[false, false]),
+            result(2048, AttentionKind::Dense, None, &[true, false, true]),
+            result(8192, AttentionKind::Dense, None, &[false, false]),
         ]);
         let table = r.table();
         let lines: Vec<&str> = table.lines().collect();
@@ -308,7 +308,7 @@ pub(crate) mod tests {
 
     #[test]
     fn json_values_are_spelled_like_the_flags() {
-        json_matches_flags::<AttentionMode>();
+        json_matches_flags::<AttentionKind>();
         json_matches_flags::<HaystackKind>();
         json_matches_flags::<NiahVariant>();
         json_matches_flags::<PromptFormat>();
@@ -317,10 +317,10 @@ pub(crate) mod tests {
     #[test]
     fn series_keep_first_appearance_order() {
         let r = report(vec![
-            result(2048, AttentionMode::Hip, Some("fast"), &[true]),
-            result(2048, AttentionMode::Dense, None, &[true]),
-            result(4096, AttentionMode::Hip, Some("fast"), &[true]),
-            result(4096, AttentionMode::Hip, Some("default"), &[true]),
+            result(2048, AttentionKind::Hip, Some("fast"), &[true]),
+            result(2048, AttentionKind::Dense, None, &[true]),
+            result(4096, AttentionKind::Hip, Some("fast"), &[true]),
+            result(4096, AttentionKind::Hip, Some("default"), &[true]),
         ]);
         assert_eq!(r.series(), ["hip (fast)", "dense", "hip (default)"]);
         assert_eq!(r.lengths(), [2048, 4096]);

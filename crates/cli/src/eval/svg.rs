@@ -203,7 +203,7 @@ fn escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::eval::attention::AttentionMode;
+    use crate::attention::AttentionKind;
     use crate::eval::report::tests::{report, result};
 
     /// Checks that every tag is closed in order; returns the element names seen.
@@ -259,11 +259,11 @@ mod tests {
     #[test]
     fn figure_is_balanced_with_one_polyline_per_series() {
         let mut r = report(vec![
-            result(2048, AttentionMode::Dense, None, &[true, true, false]),
-            result(8192, AttentionMode::Dense, None, &[true, false, false]),
-            result(2048, AttentionMode::Hip, Some("default"), &[true, true, true]),
-            result(8192, AttentionMode::Hip, Some("default"), &[true, true, false]),
-            result(8192, AttentionMode::Hip, Some("fast"), &[false, false, false]),
+            result(2048, AttentionKind::Dense, None, &[true, true, false]),
+            result(8192, AttentionKind::Dense, None, &[true, false, false]),
+            result(2048, AttentionKind::Hip, Some("default"), &[true, true, true]),
+            result(8192, AttentionKind::Hip, Some("default"), &[true, true, false]),
+            result(8192, AttentionKind::Hip, Some("fast"), &[false, false, false]),
         ]);
         r.model = "a<b>&\"c\".gguf".into();
         let svg = plot(&r);
@@ -283,10 +283,10 @@ mod tests {
     #[test]
     fn x_is_logarithmic_and_y_is_accuracy() {
         let r = report(vec![
-            result(1024, AttentionMode::Dense, None, &[true, true]),
-            result(2048, AttentionMode::Dense, None, &[true, false]),
-            result(4096, AttentionMode::Dense, None, &[false, false]),
-            result(32768, AttentionMode::Dense, None, &[false, true]),
+            result(1024, AttentionKind::Dense, None, &[true, true]),
+            result(2048, AttentionKind::Dense, None, &[true, false]),
+            result(4096, AttentionKind::Dense, None, &[false, false]),
+            result(32768, AttentionKind::Dense, None, &[false, true]),
         ]);
         let lines = polyline_points(&plot(&r));
         assert_eq!(lines.len(), 1);
@@ -310,7 +310,7 @@ mod tests {
 
     #[test]
     fn a_single_length_is_centred() {
-        let r = report(vec![result(2048, AttentionMode::Dense, None, &[true])]);
+        let r = report(vec![result(2048, AttentionKind::Dense, None, &[true])]);
         let lines = polyline_points(&plot(&r));
         assert_eq!(lines[0], vec![((CHART_LEFT + CHART_RIGHT) / 2.0, CHART_TOP)]);
     }

@@ -207,10 +207,8 @@ fn hip_masks(call: &Call<'_>, hip: &mut [Option<&mut HipSeqState>]) -> Result<Ve
                 bounds.push(t0..t1);
                 t0 = t1;
             }
-            let blocks: Result<Vec<_>, _> = bounds
-                .into_par_iter()
-                .map(|r| estimate_mask(cfg, &block_at(r.start, r.end)).map(|m| (r, m)))
-                .collect();
+            let blocks: Result<Vec<_>, _> =
+                bounds.into_par_iter().map(|r| estimate_mask(cfg, &block_at(r.start, r.end)).map(|m| (r, m))).collect();
             masks.push(Some(SeqMasks { blocks: blocks?, config }));
         }
     }
@@ -279,7 +277,10 @@ fn split_spans(spans: &[KeySpan], n: usize) -> Vec<Vec<KeySpan>> {
             }
             let take = room.min(keys.len());
             let rope_start = span.rope_start + (keys.start - span.keys.start);
-            shares.last_mut().expect("one share at least").push(KeySpan { keys: keys.start..keys.start + take, rope_start });
+            shares
+                .last_mut()
+                .expect("one share at least")
+                .push(KeySpan { keys: keys.start..keys.start + take, rope_start });
             keys.start += take;
             room -= take;
         }
@@ -398,8 +399,7 @@ fn merge_into(out: &mut [f32], items: &[Item], partials: &[Softmax], plan: &Batc
     while i < items.len() {
         let first = &items[i];
         let mut j = i + 1;
-        while j < items.len() && (items[j].seq, items[j].kv_head, items[j].t0) == (first.seq, first.kv_head, first.t0)
-        {
+        while j < items.len() && (items[j].seq, items[j].kv_head, items[j].t0) == (first.seq, first.kv_head, first.t0) {
             j += 1;
         }
         let seq = &plan.seqs[first.seq];

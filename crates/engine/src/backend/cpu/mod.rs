@@ -361,6 +361,8 @@ impl Backend for CpuBackend {
             return Err(shape_err("attention", format!("{} HiP states for {} sequences", hip.len(), plan.seqs.len())));
         }
         let rows = q.rows * q.cols;
-        self.pool.install(|| attention::attention(store, layer, &q.data[..rows], plan, shape, rope, hip, &mut out.data[..rows]))
+        self.pool.install(|| {
+            attention::attention(store, layer, &q.data[..rows], plan, shape, rope, hip, &mut out.data[..rows])
+        })
     }
 }
