@@ -86,12 +86,15 @@ impl AttentionChoice {
     }
 }
 
-/// `--hip-config`: inline JSON, or the path of a file holding it.
+/// `--hip-config`: the path of a file holding JSON, or inline JSON.
 fn read_overrides(arg: &str) -> Result<Map<String, Value>> {
-    let text = if arg.trim_start().starts_with('{') {
+    let path = std::path::Path::new(arg);
+    let text = if path.is_file() {
+        std::fs::read_to_string(path).with_context(|| format!("--hip-config: reading {arg}"))?
+    } else if arg.trim_start().starts_with(['{', '[']) {
         arg.to_string()
     } else {
-        std::fs::read_to_string(arg).with_context(|| format!("--hip-config: reading {arg}"))?
+        bail!("--hip-config: {arg} is neither a file nor a JSON object")
     };
     match serde_json::from_str(&text).context("--hip-config is not valid JSON")? {
         Value::Object(map) => Ok(map),

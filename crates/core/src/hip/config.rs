@@ -185,11 +185,11 @@ impl HipConfig {
     /// name the field: unknown fields, values of the wrong type, and values that break an
     /// invariant of [`HipConfig::validate`].
     pub fn merge_json(&mut self, json: &str) -> Result<(), HipError> {
-        let patch: Value = serde_json::from_str(json).map_err(|source| HipError::Json { field: None, source })?;
+        let patch: Value = serde_json::from_str(json).map_err(|cause| HipError::Json { field: None, cause })?;
         let Value::Object(patch) = patch else {
             return Err(HipError::NotAnObject { found: json_kind(&patch) });
         };
-        let mut merged = serde_json::to_value(&*self).map_err(|source| HipError::Json { field: None, source })?;
+        let mut merged = serde_json::to_value(&*self).map_err(|cause| HipError::Json { field: None, cause })?;
         // Apply one field at a time, so that a type error (whose serde message does not say
         // where it is) is reported with the name of the field that caused it.
         let mut config = self.clone();
@@ -198,7 +198,7 @@ impl HipConfig {
             one.insert(field.clone(), value);
             merge_value(&mut merged, Value::Object(one));
             config = serde_json::from_value(merged.clone())
-                .map_err(|source| HipError::Json { field: Some(field), source })?;
+                .map_err(|cause| HipError::Json { field: Some(field), cause })?;
         }
         config.validate()?;
         *self = config;

@@ -105,8 +105,8 @@ pub enum HipError {
     UnknownPreset { name: String, valid: String },
     #[error("HiP config: `{field}` {reason}")]
     InvalidConfig { field: &'static str, reason: String },
-    #[error("HiP config JSON{}: {source}", field.as_ref().map(|f| format!(", field `{f}`")).unwrap_or_default())]
-    Json { field: Option<String>, source: serde_json::Error },
+    #[error("HiP config JSON{}: {cause}", field.as_ref().map(|f| format!(", field `{f}`")).unwrap_or_default())]
+    Json { field: Option<String>, cause: serde_json::Error },
     #[error("HiP config JSON must be an object, found {found}")]
     NotAnObject { found: &'static str },
     #[error("attention shape: {what}")]
