@@ -21,8 +21,8 @@
 //! and row the quants are widened to f32 lanes in registers and multiplied into the matching
 //! eight-lane slices of `x`, giving a partial `p` whose lanes sum to `Σ q_i·x_i`; the row's
 //! accumulator then takes `a·p + b·s`, where `s` is the lane-wise sum of the group's slices of
-//! `x`. `s` does not depend on the row, so a tile of [`TILE`] rows computes it once, just as it
-//! loads each slice of `x` once. The accumulator's eight lanes are added up at the end of the row.
+//! `x`. `s` does not depend on the row, so it is computed once per tile of [`TILE`] rows. The
+//! accumulator's eight lanes are added up at the end of the row.
 //!
 //! Numerics: this is `Σ_i w_i·x_i` over the exact weights, with f32 rounding in a different order
 //! from decode-then-dot (which rounds each weight to f32 first, then each product). The rounding
