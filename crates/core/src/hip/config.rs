@@ -197,8 +197,8 @@ impl HipConfig {
             let mut one = Map::new();
             one.insert(field.clone(), value);
             merge_value(&mut merged, Value::Object(one));
-            config = serde_json::from_value(merged.clone())
-                .map_err(|cause| HipError::Json { field: Some(field), cause })?;
+            config =
+                serde_json::from_value(merged.clone()).map_err(|cause| HipError::Json { field: Some(field), cause })?;
         }
         config.validate()?;
         *self = config;

@@ -7,7 +7,9 @@
 //! - [`dot_row`]`(ty, W[n], X[t])` → `Y[t, n]`: one row, one activation vector.
 //! - [`dot_rows`]`(ty, W[n0..n1], X[t], Y[t, n0..n1])`: a contiguous range of rows against one
 //!   vector, four rows at a time so each load of `x` feeds four rows. This is decode (`T = 1`):
-//!   split `N` into ranges, one per thread.
+//!   split `N` into ranges, one per thread. With AVX2 the block-quantised types take fused
+//!   kernels (`fused_avx2.rs`) that never write decoded weights to memory: per block, the quants
+//!   are dotted with `x` in registers and scaled once (`Σ w·x = d·Σ q·x + m·Σ x`).
 //! - [`dot_row_multi`]`(ty, W[n], X[t0..t1], col)`: one row against several consecutive
 //!   activation vectors (`col[j] = Y[t0 + j, n]`). This is prefill: the row is decoded once
 //!   per chunk and reused for every vector, four at a time in registers, so decoding costs
@@ -15,16 +17,18 @@
 //!   walk `T` in tiles of about 64 tokens (so the tile of `X`, 64·K·4 bytes, stays in L2) and
 //!   scatter `col` into column `n` of `Y`.
 //!
-//! Numerics: each result equals `Σ_i w_i·x_i` with `w` decoded exactly as
-//! [`dequantize`](super::dequantize) decodes it (bit for bit) and the products summed in f32;
-//! activations are never quantised. Only the order of the f32 summation differs between
-//! kernels (lanes, unrolled accumulators, chunks), so kernels agree to well within 1e-5 of
-//! `Σ|w_i·x_i|` (the tests' tolerance), not bit for bit.
+//! Numerics: each result is `Σ_i w_i·x_i` over the weights that [`dequantize`](super::dequantize)
+//! decodes, summed in f32; activations are never quantised. Kernels differ only in f32 rounding:
+//! the order of the summation (lanes, unrolled accumulators, chunks) and, in the fused kernels,
+//! the algebra that applies each block's scale and offset once per block instead of once per
+//! weight. They agree to well within 1e-5 of `Σ|w_i·x_i|` (the tests' tolerance), not bit for
+//! bit.
 //!
-//! How: rows are decoded [`CHUNK`] weights at a time into f32 buffers on the stack (L1-resident),
-//! then a dot "tile" multiplies `R` decoded rows by `C` vectors. The decoders and tiles come from
-//! a [`Kernels`] implementation: AVX2 + FMA + F16C when the CPU has them (detected once), else
-//! the portable scalar one, which is also what the tests compare the SIMD kernels against.
+//! How (the reference path): rows are decoded [`CHUNK`] weights at a time into f32 buffers on
+//! the stack (L1-resident), then a dot "tile" multiplies `R` decoded rows by `C` vectors. The
+//! decoders, tiles and `dot_rows` come from a [`Kernels`] implementation: AVX2 + FMA + F16C when
+//! the CPU has them (detected once), else the portable scalar one, which decodes then dots and is
+//! what the tests hold the SIMD kernels against.
 
 use std::sync::OnceLock;
 
@@ -78,7 +82,8 @@ macro_rules! dispatch {
 /// not exactly the bytes of `x.len()` elements.
 pub fn dot_row(ty: GgmlType, row: &[u8], x: &[f32]) -> Result<f32, QuantError> {
     let format = check_len(ty, x.len(), row.len())?;
-    let [sum] = dispatch!(kernels => rows_dot_x(kernels, format, [row], x, &mut [[0.0; CHUNK]]));
+    let mut sum = 0.0;
+    dispatch!(kernels => kernels.dot_rows(format, row, x, std::array::from_mut(&mut sum)));
     Ok(sum)
 }
 
@@ -87,7 +92,7 @@ pub fn dot_row(ty: GgmlType, row: &[u8], x: &[f32]) -> Result<f32, QuantError> {
 pub fn dot_rows(ty: GgmlType, w: &[u8], x: &[f32], y: &mut [f32]) -> Result<(), QuantError> {
     let format = check_elems(ty, x.len())?;
     check_bytes(format, y.len().saturating_mul(x.len()), w.len())?;
-    dispatch!(kernels => rows_dot_x_all(kernels, format, w, x, y));
+    dispatch!(kernels => kernels.dot_rows(format, w, x, y));
     Ok(())
 }
 
@@ -114,8 +119,16 @@ pub fn dot_row_multi(ty: GgmlType, row: &[u8], xs: &[f32], y: &mut [f32]) -> Res
     Ok(())
 }
 
-/// The decode and multiply steps that the drivers below are written against.
+/// The decode and multiply steps that the drivers below are written against, and `dot_rows`,
+/// which a kernel set may fuse.
 pub(crate) trait Kernels: Copy {
+    /// `y[r] = Σ_i dequant(row r of w)[i]·x[i]`, where `w` holds exactly `y.len()` rows of
+    /// `x.len()` elements of `format` (checked by the caller). By default, decode then dot
+    /// ([`rows_dot_x_all`]).
+    fn dot_rows(self, format: Format, w: &[u8], x: &[f32], y: &mut [f32]) {
+        rows_dot_x_all(self, format, w, x, y);
+    }
+
     /// Decodes whole blocks: `dst.len()` weights of `format` from `src`, bit for bit as
     /// [`decode_blocks`] does. The caller passes exactly the bytes of those weights; a mismatch
     /// is a bug that may leave part of `dst` unwritten but never reads or writes out of bounds.
@@ -182,8 +195,9 @@ fn rows_dot_x<K: Kernels, const R: usize>(
     sums
 }
 
-/// [`dot_rows`] after validation: rows in tiles of [`TILE`], then the remainder one by one.
-fn rows_dot_x_all<K: Kernels>(kernels: K, format: Format, w: &[u8], x: &[f32], y: &mut [f32]) {
+/// [`dot_rows`] after validation, decode then dot: rows in tiles of [`TILE`], then the remainder
+/// one by one.
+pub(crate) fn rows_dot_x_all<K: Kernels>(kernels: K, format: Format, w: &[u8], x: &[f32], y: &mut [f32]) {
     let row_bytes = format.bytes_for(x.len());
     if row_bytes == 0 {
         y.fill(0.0);
@@ -238,7 +252,7 @@ mod tests {
     use super::*;
     use crate::quant::testing::{assert_close, random_row, reference_dot, test_lengths, weights, Rng, SUPPORTED};
 
-    /// Every type and length: the one-row dot against dequantize + f64 dot.
+    /// Every type and length: the one-row decode-then-dot driver against dequantize + f64 dot.
     fn check_dot_row<K: Kernels>(kernels: K, seed: u64) {
         let mut rng = Rng::new(seed);
         for ty in SUPPORTED {
@@ -249,6 +263,81 @@ mod tests {
                 let (want, scale) = reference_dot(&weights(ty, &row, n), &x);
                 let [got] = rows_dot_x(kernels, format, [&row], &x, &mut [[0.0; CHUNK]]);
                 assert_close(got, want, scale, &format!("{ty}, {n} elements"));
+            }
+        }
+    }
+
+    /// Activations of the sizes a model produces, by `kind % 4`: (0) magnitudes spread
+    /// log-uniformly over 1e-4..10, with one in a hundred an outlier near ±100 (the few "massive"
+    /// channels of LLM activations); (1) all tiny, below 1e-6; (2) all large, 50..150; (3) uniform
+    /// in (−1, 1). Signs are random.
+    fn activations(rng: &mut Rng, n: usize, kind: usize) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                let magnitude = match kind % 4 {
+                    0 if rng.f32_in(0.0, 1.0) < 0.01 => rng.f32_in(50.0, 150.0),
+                    0 => 10f32.powf(rng.f32_in(-4.0, 1.0)),
+                    1 => rng.f32_in(0.0, 1e-6),
+                    2 => rng.f32_in(50.0, 150.0),
+                    _ => rng.f32_in(0.0, 1.0),
+                };
+                if rng.next_u64() & 1 == 0 {
+                    magnitude
+                } else {
+                    -magnitude
+                }
+            })
+            .collect()
+    }
+
+    /// [`Kernels::dot_rows`] (the fused kernels, for AVX2) against dequantize + f64 dot, for
+    /// every type, rows of 1..=40 blocks, 1..=7 rows at once (so whole tiles of four and every
+    /// remainder), and every kind of activations.
+    fn check_dot_rows<K: Kernels>(kernels: K, seed: u64) {
+        let mut rng = Rng::new(seed);
+        for ty in SUPPORTED {
+            let format = Format::of(ty).unwrap();
+            for n_blocks in 1..=40 {
+                let n = n_blocks * ty.block_elems();
+                let n_rows = 1 + n_blocks % 7;
+                let rows: Vec<Vec<u8>> = (0..n_rows).map(|_| random_row(&mut rng, ty, n)).collect();
+                let x = activations(&mut rng, n, n_blocks);
+                let mut y = vec![f32::NAN; n_rows];
+                kernels.dot_rows(format, &rows.concat(), &x, &mut y);
+                for (r, (row, &got)) in rows.iter().zip(&y).enumerate() {
+                    let (want, scale) = reference_dot(&weights(ty, row, n), &x);
+                    let what = format!("{ty}, {n_blocks} blocks, row {r} of {n_rows}, activations {}", n_blocks % 4);
+                    assert_close(got, want, scale, &what);
+                }
+            }
+        }
+    }
+
+    /// A block whose scale `d` is infinite or NaN makes the dot non-finite, whichever way the
+    /// kernel applies the scale (per weight, or once per block).
+    fn check_non_finite_scales<K: Kernels>(kernels: K, seed: u64) {
+        use crate::quant::block::{BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ6K, BlockQ8_0};
+        use std::mem::offset_of;
+        let mut rng = Rng::new(seed);
+        for (ty, d_at) in [
+            (GgmlType::Q4_0, offset_of!(BlockQ4_0, d)),
+            (GgmlType::Q4_1, offset_of!(BlockQ4_1, d)),
+            (GgmlType::Q8_0, offset_of!(BlockQ8_0, d)),
+            (GgmlType::Q4K, offset_of!(BlockQ4K, d)),
+            (GgmlType::Q5K, offset_of!(BlockQ5K, d)),
+            (GgmlType::Q6K, offset_of!(BlockQ6K, d)),
+        ] {
+            let format = Format::of(ty).unwrap();
+            let n = 3 * ty.block_elems();
+            // +inf, −inf and a quiet NaN in f16, in the middle block.
+            for bits in [0x7C00u16, 0xFC00, 0x7E00] {
+                let mut row = random_row(&mut rng, ty, n);
+                let at = ty.block_bytes() + d_at;
+                row[at..at + 2].copy_from_slice(&bits.to_le_bytes());
+                let x = rng.f32s(n);
+                let mut y = [0.0f32];
+                kernels.dot_rows(format, &row, &x, &mut y);
+                assert!(!y[0].is_finite(), "{ty} with scale bits {bits:#06x}: {}", y[0]);
             }
         }
     }
@@ -306,6 +395,16 @@ mod tests {
         check_tiles(Scalar, 2);
     }
 
+    #[test]
+    fn scalar_dot_rows_match_reference() {
+        check_dot_rows(Scalar, 7);
+    }
+
+    #[test]
+    fn scalar_non_finite_scales() {
+        check_non_finite_scales(Scalar, 9);
+    }
+
     #[cfg(target_arch = "x86_64")]
     fn avx2_or_skip() -> Option<crate::quant::dot_avx2::Avx2> {
         let found = crate::quant::dot_avx2::Avx2::detect();
@@ -328,6 +427,22 @@ mod tests {
     fn avx2_tiles_match_dot_row() {
         if let Some(avx2) = avx2_or_skip() {
             check_tiles(avx2, 4);
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_dot_rows_match_reference() {
+        if let Some(avx2) = avx2_or_skip() {
+            check_dot_rows(avx2, 8);
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_non_finite_scales() {
+        if let Some(avx2) = avx2_or_skip() {
+            check_non_finite_scales(avx2, 10);
         }
     }
 
@@ -382,6 +497,25 @@ mod tests {
         assert_eq!(dot_row(GgmlType::Q4_1, &row, &[1.0; 32]).unwrap(), 88.0);
         let ramp: Vec<f32> = (0..32).map(|j| j as f32).collect();
         assert_eq!(dot_row(GgmlType::Q4_1, &row, &ramp).unwrap(), 1364.0);
+    }
+
+    #[test]
+    fn hand_computed_q4_0_and_q8_0_dots() {
+        let ramp: Vec<f32> = (0..32).map(|j| j as f32).collect();
+        // Q4_0, d = 0.5, byte j = j | (15 − j) << 4: w_j = 0.5(j − 8) for j < 16, and
+        // w_{16+j} = 0.5(7 − j). With x = 1: 0.5·(120 − 128) twice = −8. With x_j = j:
+        // 0.5·(1240 − 8·120) = 140 for the low half, 0.5·Σ_j (16 + j)(7 − j) = 0.5·(1792 − 9·120
+        // − 1240) = −264 for the high half; total −124.
+        let qs: Vec<u8> = (0..16u8).map(|j| j | ((15 - j) << 4)).collect();
+        let row = [&half::f16::from_f32(0.5).to_le_bytes()[..], &qs].concat();
+        assert_eq!(dot_row(GgmlType::Q4_0, &row, &[1.0; 32]).unwrap(), -8.0);
+        assert_eq!(dot_row(GgmlType::Q4_0, &row, &ramp).unwrap(), -124.0);
+        // Q8_0, d = 0.25, q_j = j − 16: w_j = 0.25(j − 16). With x = 1: 0.25·(496 − 512) = −4.
+        // With x_j = j: 0.25·(Σ j² − 16·Σ j) = 0.25·(10416 − 7936) = 620.
+        let qs: Vec<u8> = (0..32i8).map(|j| (j - 16) as u8).collect();
+        let row = [&half::f16::from_f32(0.25).to_le_bytes()[..], &qs].concat();
+        assert_eq!(dot_row(GgmlType::Q8_0, &row, &[1.0; 32]).unwrap(), -4.0);
+        assert_eq!(dot_row(GgmlType::Q8_0, &row, &ramp).unwrap(), 620.0);
     }
 
     #[test]

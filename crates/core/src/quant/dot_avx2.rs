@@ -1,6 +1,7 @@
-//! x86-64 AVX2 + FMA + F16C kernels for the fused dot products (see `dot.rs`).
+//! x86-64 AVX2 + FMA + F16C kernels for the dot products (see `dot.rs`).
 //!
-//! Two parts:
+//! `dot_rows` of the block-quantised types goes to the fused kernels of `fused_avx2.rs`, which
+//! never materialise weights; everything else is decode-then-dot, in two parts:
 //! - block decoders, one per type, eight weights per step: bytes are widened to i32 lanes
 //!   (`vpmovzxbd` / `vpmovsxbd`), the quant is assembled with integer ops, converted to f32, and
 //!   scaled with the same f32 operations as the scalar reference in `block.rs`, mul and add kept
@@ -20,7 +21,8 @@ use std::mem::{offset_of, size_of};
 use half::f16;
 
 use super::block::{decode_blocks, k_factors, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ6K, BlockQ8_0};
-use super::dot::Kernels;
+use super::dot::{rows_dot_x_all, Kernels};
+use super::fused_avx2;
 use super::Format;
 
 /// Proof that this CPU has AVX2, FMA and F16C.
@@ -59,6 +61,22 @@ impl Kernels for Avx2 {
         }
     }
 
+    fn dot_rows(self, format: Format, w: &[u8], x: &[f32], y: &mut [f32]) {
+        // SAFETY: `self` proves the CPU features; the fused kernels check the lengths.
+        unsafe {
+            match format {
+                Format::Q4_0 => fused_avx2::dot_rows::<BlockQ4_0>(w, x, y),
+                Format::Q4_1 => fused_avx2::dot_rows::<BlockQ4_1>(w, x, y),
+                Format::Q8_0 => fused_avx2::dot_rows::<BlockQ8_0>(w, x, y),
+                Format::Q4K => fused_avx2::dot_rows::<BlockQ4K>(w, x, y),
+                Format::Q5K => fused_avx2::dot_rows::<BlockQ5K>(w, x, y),
+                Format::Q6K => fused_avx2::dot_rows::<BlockQ6K>(w, x, y),
+                // One-element "blocks" have no shared scale to factor out: decode, then dot.
+                Format::F32 | Format::F16 | Format::BF16 => rows_dot_x_all(self, format, w, x, y),
+            }
+        }
+    }
+
     fn dot_tile<const R: usize, const C: usize>(self, w: [&[f32]; R], x: [&[f32]; C]) -> [[f32; C]; R] {
         let len = x.first().map_or(0, |x| x.len());
         assert!(w.iter().chain(&x).all(|s| s.len() == len), "dot_tile: slices differ in length");
@@ -77,14 +95,14 @@ impl Kernels for Avx2 {
 /// Loads eight bytes at `p`, zero-extended to i32 lanes.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn load_u8x8(p: *const u8) -> __m256i {
+pub(super) unsafe fn load_u8x8(p: *const u8) -> __m256i {
     _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.cast()))
 }
 
 /// Loads eight bytes at `p`, sign-extended to i32 lanes.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn load_i8x8(p: *const u8) -> __m256i {
+pub(super) unsafe fn load_i8x8(p: *const u8) -> __m256i {
     _mm256_cvtepi8_epi32(_mm_loadl_epi64(p.cast()))
 }
 
@@ -325,7 +343,7 @@ unsafe fn fma_step<const R: usize, const C: usize, const U: usize>(
 /// Sum of the eight lanes.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn sum_lanes(v: __m256) -> f32 {
+pub(super) unsafe fn sum_lanes(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))

@@ -18,6 +18,8 @@ mod dequant;
 mod dot;
 #[cfg(target_arch = "x86_64")]
 mod dot_avx2;
+#[cfg(target_arch = "x86_64")]
+mod fused_avx2;
 #[cfg(test)]
 mod testing;
 
