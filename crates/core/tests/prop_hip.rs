@@ -84,6 +84,8 @@ fn random_config(rng: &mut Rng) -> HipConfig {
         first_layers: FirstLayers { count: rng.range(0, 3), pruning_rope: rng.pick(&ropes), k: first_k },
         bsa_rope: rng.pick(&[BsaRope::Streaming, BsaRope::Plain]),
         logit_softcap: [None, Some(0.7), Some(4.0)][cap],
+        // Sometimes inside the native context (plain RoPE), sometimes past it, sometimes across.
+        native_context: [None, Some(rng.range(0, 64)), Some(usize::MAX)][rng.range(0, 3)],
     };
     cfg.validate().expect("random_config builds valid configs");
     cfg

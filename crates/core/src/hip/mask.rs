@@ -234,7 +234,7 @@ pub fn run_stage<K: KvSource + ?Sized>(
     };
     let n_keep = cfg.stage_budget(stage, block.layer) / chunk_size;
     let positions = PruningPositions {
-        strategy: cfg.layer_params(block.layer).pruning_rope,
+        strategy: cfg.pruning_rope_at(block.layer, block.pos_last()),
         n_sink: cfg.n_sink,
         n_window: cfg.n_window,
         chunk_size,

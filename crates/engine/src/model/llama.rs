@@ -58,6 +58,22 @@ pub struct Workspace<B: Backend> {
     up: B::Act,
     picked: B::Act,
     logits: B::Act,
+    /// Diagnostics: per layer listed, the un-rotated attention queries `[rows][H·d]` of the
+    /// last step.
+    captured: Vec<(usize, Vec<f32>)>,
+}
+
+impl<B: Backend> Workspace<B> {
+    /// Makes every step copy the un-rotated attention queries of `layers` to host memory
+    /// (`captured_queries`), for analysis tools and tests; an empty list turns it off.
+    pub fn capture_queries(&mut self, layers: &[usize]) {
+        self.captured = layers.iter().map(|&l| (l, Vec::new())).collect();
+    }
+
+    /// The queries of `layer` captured by the last step, `[rows][H·d]` (empty if not captured).
+    pub fn captured_queries(&self, layer: usize) -> &[f32] {
+        self.captured.iter().find(|(l, _)| *l == layer).map_or(&[], |(_, q)| q)
+    }
 }
 
 /// Reads an f32 vector (norm weight, bias) of `len` values.
@@ -175,6 +191,7 @@ impl<B: Backend> Llama<B> {
             up: b.new_act(max_rows, c.d_ff)?,
             picked: b.new_act(max_rows, c.d_model)?,
             logits: b.new_act(max_rows, c.vocab_size)?,
+            captured: Vec::new(),
         })
     }
 
@@ -243,6 +260,9 @@ impl<B: Backend> Llama<B> {
                 b.add_bias(&mut ws.v, bv)?;
             }
             b.kv_write(store, li, &ws.k, &ws.v, plan)?;
+            if let Some((_, q)) = ws.captured.iter_mut().find(|(l, _)| *l == li) {
+                *q = b.to_host(&ws.q)?;
+            }
             b.attention(store, li, &ws.q, plan, shape, &self.rope, hip, &mut ws.attn)?;
             b.matmul(&ws.attn, &layer.wo, &mut ws.proj)?;
             b.add_assign(&mut ws.x, &ws.proj)?;

@@ -24,11 +24,10 @@ use infinihip_core::rope::{rotate_into, RopeTable};
 use rayon::prelude::*;
 
 use super::simd;
-use super::CpuKvStore;
+use super::{CpuKvStore, CpuKvView};
 use crate::backend::{AttentionShape, BatchPlan, SeqSlice};
 use crate::error::EngineError;
 use crate::hip_state::HipSeqState;
-use crate::kv::PageId;
 
 /// Query tokens per dense item.
 const Q_TILE: usize = 16;
@@ -85,35 +84,6 @@ impl Softmax {
     }
 }
 
-/// One layer of one sequence's pages, as `core::hip` reads keys and values.
-struct PagedKv<'a> {
-    store: &'a CpuKvStore,
-    layer: usize,
-    pages: &'a [PageId],
-    page_size: usize,
-    len: usize,
-}
-
-impl KvSource for PagedKv<'_> {
-    fn len(&self) -> usize {
-        self.len
-    }
-    fn n_kv_heads(&self) -> usize {
-        self.store.layout.n_kv_heads
-    }
-    fn head_dim(&self) -> usize {
-        self.store.layout.head_dim
-    }
-    fn key(&self, pos: usize, kv_head: usize) -> &[f32] {
-        let page = self.store.page(self.pages[pos / self.page_size]);
-        self.store.key(page, self.layer, pos % self.page_size, kv_head)
-    }
-    fn value(&self, pos: usize, kv_head: usize) -> &[f32] {
-        let page = self.store.page(self.pages[pos / self.page_size]);
-        self.store.value(page, self.layer, pos % self.page_size, kv_head)
-    }
-}
-
 /// Everything the items of one call share.
 struct Call<'a> {
     store: &'a CpuKvStore,
@@ -125,14 +95,8 @@ struct Call<'a> {
 }
 
 impl Call<'_> {
-    fn kv(&self, seq: &SeqSlice) -> PagedKv<'_> {
-        PagedKv {
-            store: self.store,
-            layer: self.layer,
-            pages: self.plan.pages(seq),
-            page_size: self.plan.page_size,
-            len: seq.end_pos(),
-        }
+    fn kv(&self, seq: &SeqSlice) -> CpuKvView<'_> {
+        self.store.view(self.layer, self.plan.pages(seq), self.plan.page_size, seq.end_pos())
     }
 
     fn hip_shape(&self) -> AttnShape {
@@ -247,7 +211,13 @@ fn plan_items(call: &Call<'_>, masks: &[Option<SeqMasks>]) -> (Vec<Item>, Vec<Ke
                     tile_spans.push(KeySpan { keys: 0..p_last + 1, rope_start: 0 });
                 }
                 Some((cfg, mask)) => {
-                    bsa_key_spans(cfg.bsa_rope, mask, mask.group_of_kv_head(kv_head), p_last, &mut tile_spans);
+                    bsa_key_spans(
+                        cfg.bsa_rope_at(p_last),
+                        mask,
+                        mask.group_of_kv_head(kv_head),
+                        p_last,
+                        &mut tile_spans,
+                    );
                 }
             }
             let n_keys: usize = tile_spans.iter().map(|s| s.keys.len()).sum();

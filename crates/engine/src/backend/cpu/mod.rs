@@ -9,6 +9,7 @@ mod attention;
 mod matmul;
 mod simd;
 
+use infinihip_core::hip::KvSource;
 use infinihip_core::quant;
 use infinihip_core::rope::{RopeConfig, RopeTable};
 use rayon::prelude::*;
@@ -112,6 +113,41 @@ impl CpuKvStore {
     /// Bytes of host memory held by written pages.
     pub fn resident_bytes(&self) -> usize {
         self.pages.iter().map(|p| p.len() * 4).sum()
+    }
+
+    /// Layer `layer` of the sequence whose pages are `pages` (positions `0..len`), as
+    /// `core::hip` reads keys and values.
+    pub fn view<'a>(&'a self, layer: usize, pages: &'a [PageId], page_size: usize, len: usize) -> CpuKvView<'a> {
+        CpuKvView { store: self, layer, pages, page_size, len }
+    }
+}
+
+/// One layer of one sequence's pages: un-rotated keys and values by absolute position.
+pub struct CpuKvView<'a> {
+    store: &'a CpuKvStore,
+    layer: usize,
+    pages: &'a [PageId],
+    page_size: usize,
+    len: usize,
+}
+
+impl KvSource for CpuKvView<'_> {
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn n_kv_heads(&self) -> usize {
+        self.store.layout.n_kv_heads
+    }
+    fn head_dim(&self) -> usize {
+        self.store.layout.head_dim
+    }
+    fn key(&self, pos: usize, kv_head: usize) -> &[f32] {
+        let page = self.store.page(self.pages[pos / self.page_size]);
+        self.store.key(page, self.layer, pos % self.page_size, kv_head)
+    }
+    fn value(&self, pos: usize, kv_head: usize) -> &[f32] {
+        let page = self.store.page(self.pages[pos / self.page_size]);
+        self.store.value(page, self.layer, pos % self.page_size, kv_head)
     }
 }
 
