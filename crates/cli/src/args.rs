@@ -118,6 +118,8 @@ pub enum BenchCommand {
         json: Option<PathBuf>,
         #[command(flatten)]
         model: ModelArgs,
+        #[command(flatten)]
+        attention: AttentionArgs,
     },
 }
 

@@ -14,6 +14,7 @@ use infinihip_engine::LogitsWanted;
 use serde::Serialize;
 
 use crate::args::ModelArgs;
+use crate::attention::{AttentionArgs, AttentionChoice};
 use crate::load::Opened;
 
 /// Deterministic filler text for the benchmark prompt.
@@ -25,6 +26,7 @@ crops and new ideas, and the libraries of the towns grew with them. ";
 struct BenchResult {
     model: String,
     backend: &'static str,
+    attention: String,
     threads: usize,
     prompt_tokens: usize,
     gen_tokens: usize,
@@ -56,7 +58,15 @@ fn argmax(v: &[f32]) -> u32 {
     best as u32
 }
 
-pub fn cpu(prompt_tokens: usize, gen_tokens: usize, reps: usize, json: Option<&Path>, model: &ModelArgs) -> Result<()> {
+pub fn cpu(
+    prompt_tokens: usize,
+    gen_tokens: usize,
+    reps: usize,
+    json: Option<&Path>,
+    model: &ModelArgs,
+    attention: &AttentionArgs,
+) -> Result<()> {
+    let attention = AttentionChoice::new(attention)?;
     if prompt_tokens == 0 || reps == 0 {
         bail!("--prompt-tokens and --reps must be at least 1");
     }
@@ -71,7 +81,7 @@ pub fn cpu(prompt_tokens: usize, gen_tokens: usize, reps: usize, json: Option<&P
 
     let (mut prefill, mut decode) = (Vec::new(), Vec::new());
     for rep in 0..reps {
-        let mut seq = SeqKv::new();
+        let mut seq = SeqKv::with_attention(&attention.mode(), engine.model().config().n_layers);
         let t0 = Instant::now();
         let logits = engine.feed(&mut seq, &prompt, LogitsWanted::Last, &mut |_, _| {})?;
         let prefill_s = t0.elapsed().as_secs_f64();
@@ -97,6 +107,7 @@ pub fn cpu(prompt_tokens: usize, gen_tokens: usize, reps: usize, json: Option<&P
     let result = BenchResult {
         model: opened.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         backend: "cpu",
+        attention: attention.label(),
         threads,
         prompt_tokens,
         gen_tokens,
@@ -107,11 +118,11 @@ pub fn cpu(prompt_tokens: usize, gen_tokens: usize, reps: usize, json: Option<&P
         decode_tokens_per_s: decode,
         commit: env!("INFINIHIP_COMMIT"),
     };
-    println!("| backend | threads | prompt | prefill tokens/s | decode tokens/s |");
-    println!("|---|---|---|---|---|");
+    println!("| backend | attention | threads | prompt | prefill tokens/s | decode tokens/s |");
+    println!("|---|---|---|---|---|---|");
     println!(
-        "| infinihip cpu | {threads} | {prompt_tokens} | {:.1} | {:.1} |",
-        result.prefill_median, result.decode_median
+        "| infinihip cpu | {} | {threads} | {prompt_tokens} | {:.1} | {:.1} |",
+        result.attention, result.prefill_median, result.decode_median
     );
     if let Some(path) = json {
         let text = serde_json::to_string_pretty(&result).context("rendering JSON")?;

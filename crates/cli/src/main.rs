@@ -42,8 +42,8 @@ fn run() -> Result<()> {
             println!("{}", path.display());
             Ok(())
         }
-        Command::Bench(BenchCommand::Cpu { prompt_tokens, gen_tokens, reps, json, model }) => {
-            bench::cpu(prompt_tokens, gen_tokens, reps, json.as_deref(), &model)
+        Command::Bench(BenchCommand::Cpu { prompt_tokens, gen_tokens, reps, json, model, attention }) => {
+            bench::cpu(prompt_tokens, gen_tokens, reps, json.as_deref(), &model, &attention)
         }
         Command::Eval(EvalCommand::Passkey { eval: args }) => eval::passkey(&args),
         Command::Eval(EvalCommand::Niah { variant, haystack, needles, eval: args }) => {

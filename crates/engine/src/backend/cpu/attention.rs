@@ -307,52 +307,57 @@ fn attend_item_body(call: &Call<'_>, it: &Item, spans: &[KeySpan]) -> Softmax {
     let mut k_tile = vec![0f32; d * K_TILE];
     let mut k_rot = vec![0f32; d];
     let mut v_rows: [&[f32]; K_TILE] = [&[]; K_TILE];
+    let mut tile_pos = [0usize; K_TILE];
     let mut scores = vec![[0f32; K_TILE]; n_rows];
     let kv = call.kv(seq);
-    for span in spans {
-        let mut tile_start = span.keys.start;
-        while tile_start < span.keys.end {
-            let tile_len = K_TILE.min(span.keys.end - tile_start);
+    // Tiles are filled with up to K_TILE keys taken in order from the spans, so that short
+    // spans (HiP's selected blocks of 8 tokens) still make full tiles. Keys come in increasing
+    // position order, so the keys a row may see (position ≤ its own) are a prefix of the tile.
+    let mut keys = spans.iter().flat_map(|span| span.keys.clone().map(move |pos| (pos, span.rope_start + pos - span.keys.start)));
+    loop {
+        let mut tile_len = 0;
+        for (pos, rope_pos) in keys.by_ref().take(K_TILE) {
             // Keys are rotated to their assigned positions as they are gathered; values are
             // read in place.
-            for j in 0..tile_len {
-                let pos = tile_start + j;
-                let (cos, sin) = call.rope.row(span.rope_start + (pos - span.keys.start));
-                let key = kv.key(pos, it.kv_head);
-                if transpose {
-                    rotate_into(key, &mut k_rot, cos, sin, style);
-                    for (c, &v) in k_rot.iter().enumerate() {
-                        k_tile[c * K_TILE + j] = v;
-                    }
-                } else {
-                    rotate_into(key, &mut k_tile[j * d..(j + 1) * d], cos, sin, style);
+            let (cos, sin) = call.rope.row(rope_pos);
+            let key = kv.key(pos, it.kv_head);
+            if transpose {
+                rotate_into(key, &mut k_rot, cos, sin, style);
+                for (c, &v) in k_rot.iter().enumerate() {
+                    k_tile[c * K_TILE + tile_len] = v;
                 }
-                v_rows[j] = kv.value(pos, it.kv_head);
+            } else {
+                rotate_into(key, &mut k_tile[tile_len * d..(tile_len + 1) * d], cos, sin, style);
             }
-            for r in 0..n_rows {
-                // Causality by true position: keys at positions ≤ the query's own.
-                let visible = (row_pos[r] + 1).saturating_sub(tile_start).min(tile_len);
-                if visible == 0 {
-                    continue;
-                }
-                let s = &mut scores[r];
-                let qv = &qr[r * d..(r + 1) * d];
-                if transpose {
-                    s.fill(0.0);
-                    for (c, &qc) in qv.iter().enumerate() {
-                        let k_c: &[f32; K_TILE] = k_tile[c * K_TILE..(c + 1) * K_TILE].try_into().expect("tile row");
-                        for (sj, &kj) in s.iter_mut().zip(k_c) {
-                            *sj += qc * kj;
-                        }
-                    }
-                } else {
-                    for (j, sj) in s[..visible].iter_mut().enumerate() {
-                        *sj = simd::dot(qv, &k_tile[j * d..(j + 1) * d]);
-                    }
-                }
-                state.update(r, &mut s[..visible], &v_rows);
+            v_rows[tile_len] = kv.value(pos, it.kv_head);
+            tile_pos[tile_len] = pos;
+            tile_len += 1;
+        }
+        if tile_len == 0 {
+            break;
+        }
+        for r in 0..n_rows {
+            // Causality by true position: keys at positions ≤ the query's own.
+            let visible = tile_pos[..tile_len].partition_point(|&p| p <= row_pos[r]);
+            if visible == 0 {
+                continue;
             }
-            tile_start += tile_len;
+            let s = &mut scores[r];
+            let qv = &qr[r * d..(r + 1) * d];
+            if transpose {
+                s.fill(0.0);
+                for (c, &qc) in qv.iter().enumerate() {
+                    let k_c: &[f32; K_TILE] = k_tile[c * K_TILE..(c + 1) * K_TILE].try_into().expect("tile row");
+                    for (sj, &kj) in s.iter_mut().zip(k_c) {
+                        *sj += qc * kj;
+                    }
+                }
+            } else {
+                for (j, sj) in s[..visible].iter_mut().enumerate() {
+                    *sj = simd::dot(qv, &k_tile[j * d..(j + 1) * d]);
+                }
+            }
+            state.update(r, &mut s[..visible], &v_rows);
         }
     }
     state
