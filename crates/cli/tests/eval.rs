@@ -95,8 +95,10 @@ fn passkey_end_to_end_writes_consistent_json_table_and_plot() {
 }
 
 #[test]
-fn hip_is_refused_until_the_engine_has_it() {
+fn niah_runs_with_hip_attention_and_records_its_settings() {
     let model = model_path();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("niah.json");
     let o = infinihip(&[
         "eval",
         "niah",
@@ -104,15 +106,25 @@ fn hip_is_refused_until_the_engine_has_it() {
         "hip",
         "--hip-preset",
         "fast",
+        "--hip-config",
+        r#"{"n_window": 128, "n_sink": 32}"#,
         "--lengths",
-        "512",
+        "1k",
         "--trials",
         "1",
+        "--json",
+        json.to_str().expect("utf-8 path"),
         "--model",
         model.to_str().expect("utf-8 path"),
     ]);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("HiP attention is not available in this build yet"), "{}", stderr(&o));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).expect("json written")).expect("valid");
+    let result = &report["results"][0];
+    assert_eq!(result["attention"], "hip");
+    assert_eq!(result["preset"], "fast");
+    assert_eq!(result["hip_config"]["n_window"], 128);
+    assert_eq!(result["trials"], 1);
+    assert_eq!(result["cases"].as_array().map(Vec::len), Some(1));
 }
 
 #[test]
