@@ -59,9 +59,10 @@ impl Softmax {
     }
 
     /// Folds in row `r`'s scores `s` (overwritten with their weights) of keys whose values are
-    /// `v_rows[..s.len()]`.
+    /// `v_rows[..s.len()]`. `D` is the head dimension when it is known at compile time (the
+    /// row's accumulator then stays in registers across the keys), 0 otherwise.
     #[inline(always)]
-    fn update(&mut self, r: usize, s: &mut [f32], v_rows: &[&[f32]]) {
+    fn update<const FUSED: bool, const D: usize>(&mut self, r: usize, s: &mut [f32], v_rows: &[&[f32]]) {
         if s.is_empty() {
             return;
         }
@@ -69,15 +70,26 @@ impl Softmax {
         let tile_max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let m_new = self.m[r].max(tile_max);
         let correction = simd::exp(self.m[r] - m_new);
-        let a = &mut self.acc[r * d..(r + 1) * d];
-        if correction != 1.0 {
-            simd::scale(a, correction);
-        }
         for sj in s.iter_mut() {
             *sj = simd::exp(*sj - m_new);
         }
-        for (&p, v) in s.iter().zip(v_rows) {
-            simd::axpy(p, v, a);
+        let a = &mut self.acc[r * d..(r + 1) * d];
+        if D == 0 {
+            if correction != 1.0 {
+                simd::scale(a, correction);
+            }
+            for (&p, v) in s.iter().zip(v_rows) {
+                simd::axpy::<FUSED>(p, v, a);
+            }
+        } else {
+            let mut acc: [f32; D] = std::array::from_fn(|l| a[l] * correction);
+            for (&p, v) in s.iter().zip(v_rows) {
+                let v: &[f32; D] = v[..D].try_into().expect("head dimension D");
+                for l in 0..D {
+                    acc[l] = simd::madd::<FUSED>(p, v[l], acc[l]);
+                }
+            }
+            a.copy_from_slice(&acc);
         }
         self.l[r] = self.l[r] * correction + simd::sum(s);
         self.m[r] = m_new;
@@ -265,17 +277,22 @@ fn attend_item(call: &Call<'_>, it: &Item, spans: &[KeySpan]) -> Softmax {
         // SAFETY: the CPU has the features the function is compiled for.
         return unsafe { attend_item_avx2(call, it, spans) };
     }
-    attend_item_body(call, it, spans)
+    attend_item_body::<false, 0>(call, it, spans)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn attend_item_avx2(call: &Call<'_>, it: &Item, spans: &[KeySpan]) -> Softmax {
-    attend_item_body(call, it, spans)
+    // The common head dimensions get a copy whose value accumulators live in registers.
+    match call.shape.head_dim {
+        64 => attend_item_body::<true, 64>(call, it, spans),
+        128 => attend_item_body::<true, 128>(call, it, spans),
+        _ => attend_item_body::<true, 0>(call, it, spans),
+    }
 }
 
 #[inline(always)]
-fn attend_item_body(call: &Call<'_>, it: &Item, spans: &[KeySpan]) -> Softmax {
+fn attend_item_body<const FUSED: bool, const D: usize>(call: &Call<'_>, it: &Item, spans: &[KeySpan]) -> Softmax {
     let shape = call.shape;
     let seq = &call.plan.seqs[it.seq];
     let d = shape.head_dim;
@@ -345,19 +362,21 @@ fn attend_item_body(call: &Call<'_>, it: &Item, spans: &[KeySpan]) -> Softmax {
             let s = &mut scores[r];
             let qv = &qr[r * d..(r + 1) * d];
             if transpose {
-                s.fill(0.0);
+                // A local accumulator, so that it stays in registers across the components.
+                let mut acc = [0f32; K_TILE];
                 for (c, &qc) in qv.iter().enumerate() {
                     let k_c: &[f32; K_TILE] = k_tile[c * K_TILE..(c + 1) * K_TILE].try_into().expect("tile row");
-                    for (sj, &kj) in s.iter_mut().zip(k_c) {
-                        *sj += qc * kj;
+                    for (a, &kj) in acc.iter_mut().zip(k_c) {
+                        *a = simd::madd::<FUSED>(qc, kj, *a);
                     }
                 }
+                *s = acc;
             } else {
                 for (j, sj) in s[..visible].iter_mut().enumerate() {
-                    *sj = simd::dot(qv, &k_tile[j * d..(j + 1) * d]);
+                    *sj = simd::dot::<FUSED>(qv, &k_tile[j * d..(j + 1) * d]);
                 }
             }
-            state.update(r, &mut s[..visible], &v_rows);
+            state.update::<FUSED, D>(r, &mut s[..visible], &v_rows);
         }
     }
     state
@@ -393,7 +412,7 @@ fn merge_into(out: &mut [f32], items: &[Item], partials: &[Softmax], plan: &Batc
                 }
                 let w = simd::exp(p.m[r] - m_tot[r]);
                 l += p.l[r] * w;
-                simd::axpy(w, &p.acc[r * d..(r + 1) * d], dst);
+                simd::axpy::<false>(w, &p.acc[r * d..(r + 1) * d], dst);
             }
             // Every query sees at least itself (the window always holds it), so l > 0.
             simd::scale(dst, 1.0 / l);

@@ -264,7 +264,7 @@ impl Backend for CpuBackend {
         }
         self.pool.install(|| {
             for_each_row(out, x, |s, d| {
-                let mean_sq = simd::dot(s, s) / s.len() as f32;
+                let mean_sq = simd::dot::<false>(s, s) / s.len() as f32;
                 let inv = 1.0 / (mean_sq + eps).sqrt();
                 for ((o, &v), &w) in d.iter_mut().zip(s).zip(weight) {
                     *o = v * inv * w;

@@ -14,16 +14,27 @@ pub fn has_avx2_fma() -> bool {
 
 const LANES: usize = 8;
 
+/// `a·b + c`, fused into one FMA instruction when `FUSED`. Only callers compiled with the
+/// `fma` target feature may pass `true`: elsewhere `mul_add` is a slow library call.
+#[inline(always)]
+pub fn madd<const FUSED: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FUSED {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
 /// Σ a[i]·b[i] with 8 partial sums.
 #[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub fn dot<const FUSED: bool>(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     let mut acc = [0f32; LANES];
     let (ac, ar) = a.split_at(a.len() / LANES * LANES);
     let (bc, br) = b.split_at(ac.len());
     for (x, y) in ac.chunks_exact(LANES).zip(bc.chunks_exact(LANES)) {
         for l in 0..LANES {
-            acc[l] += x[l] * y[l];
+            acc[l] = madd::<FUSED>(x[l], y[l], acc[l]);
         }
     }
     let mut s = acc.iter().sum::<f32>();
@@ -35,9 +46,9 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// y += a·x
 #[inline]
-pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+pub fn axpy<const FUSED: bool>(a: f32, x: &[f32], y: &mut [f32]) {
     for (yv, &xv) in y.iter_mut().zip(x) {
-        *yv += a * xv;
+        *yv = madd::<FUSED>(a, xv, *yv);
     }
 }
 
@@ -120,9 +131,9 @@ mod tests {
         let a: Vec<f32> = (0..19).map(|i| i as f32 * 0.5).collect();
         let b: Vec<f32> = (0..19).map(|i| 1.0 - i as f32 * 0.1).collect();
         let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
-        assert!((dot(&a, &b) as f64 - want).abs() < 1e-4);
+        assert!((dot::<false>(&a, &b) as f64 - want).abs() < 1e-4);
         let mut y = b.clone();
-        axpy(2.0, &a, &mut y);
+        axpy::<false>(2.0, &a, &mut y);
         assert_eq!(y[3], b[3] + 2.0 * a[3]);
     }
 }
