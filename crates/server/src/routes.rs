@@ -38,7 +38,7 @@ use infinihip_engine::sched::{Event, GenerationRequest, SubmitError};
 use infinihip_engine::AttentionMode;
 use serde::Serialize;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::listener::ClientAddr;
 use crate::metrics::Metrics;
 use crate::protocol::{
@@ -238,6 +238,9 @@ async fn log_request(State(app): State<AppState>, mut request: Request, next: Ne
     let response = next.run(request).await;
     let status = response.status();
     app.0.metrics.http_response(&route, status.as_u16());
+    if let Some(ErrorCode(code)) = response.extensions().get::<ErrorCode>() {
+        note.outcome(format!("error={code}"));
+    }
     let (parts, body) = response.into_parts();
     let line = LogLine { start, client, method, path, status, note };
     Response::from_parts(parts, Body::new(LoggedBody { inner: body, line: Some(line) }))
