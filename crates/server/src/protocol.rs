@@ -138,14 +138,15 @@ pub struct Settings {
 
 /// Parses a request body; the error says whether the JSON is malformed or which field is wrong.
 pub fn parse_body(bytes: &[u8]) -> Result<RequestBody, ApiError> {
+    // serde would also accept the fields as a JSON array, in declaration order.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::invalid_json("the body must be a JSON object"));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let body: RequestBody = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         match inner.classify() {
-            serde_json::error::Category::Data if path == "." => {
-                ApiError::invalid_json(format!("the body must be a JSON object ({inner})"))
-            }
             serde_json::error::Category::Data => ApiError::invalid_value(path.clone(), format!("`{path}`: {inner}")),
             _ => ApiError::invalid_json(inner),
         }
