@@ -16,6 +16,9 @@ const TTFT_BOUNDS: &[f64] = &[0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 
 /// Bucket bounds of the time between two tokens of one request, seconds.
 const ITL_BOUNDS: &[f64] = &[0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5];
 
+/// Bucket bounds of the requests in one forward step (batch occupancy).
+const BATCH_BOUNDS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
 /// How a generation request ended, as counted in `infinihip_requests_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Outcome {
@@ -55,12 +58,11 @@ impl Histogram {
         Self { bounds, state: Mutex::new((vec![0; bounds.len() + 1], 0.0, 0)) }
     }
 
-    fn observe(&self, value: Duration) {
-        let seconds = value.as_secs_f64();
-        let bucket = self.bounds.iter().position(|&b| seconds <= b).unwrap_or(self.bounds.len());
+    fn observe(&self, value: f64) {
+        let bucket = self.bounds.iter().position(|&b| value <= b).unwrap_or(self.bounds.len());
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.0[bucket] += 1;
-        state.1 += seconds;
+        state.1 += value;
         state.2 += 1;
     }
 
@@ -99,6 +101,7 @@ pub struct Metrics {
     kv_pages_free: AtomicU64,
     ttft: Histogram,
     itl: Histogram,
+    batch: Histogram,
 }
 
 impl Default for Metrics {
@@ -115,6 +118,7 @@ impl Default for Metrics {
             kv_pages_free: AtomicU64::new(0),
             ttft: Histogram::new(TTFT_BOUNDS),
             itl: Histogram::new(ITL_BOUNDS),
+            batch: Histogram::new(BATCH_BOUNDS),
         }
     }
 }
@@ -152,11 +156,16 @@ impl Metrics {
     }
 
     pub fn time_to_first_token(&self, t: Duration) {
-        self.ttft.observe(t);
+        self.ttft.observe(t.as_secs_f64());
     }
 
     pub fn inter_token_latency(&self, t: Duration) {
-        self.itl.observe(t);
+        self.itl.observe(t.as_secs_f64());
+    }
+
+    /// One forward step computed `requests` requests together.
+    pub fn step(&self, requests: usize) {
+        self.batch.observe(requests as f64);
     }
 
     pub fn set_engine(&self, g: EngineGauges) {
@@ -204,6 +213,7 @@ impl Metrics {
         }
         self.ttft.render(&mut out, "infinihip_time_to_first_token_seconds", "From arrival to the first sampled token.");
         self.itl.render(&mut out, "infinihip_inter_token_latency_seconds", "Between consecutive tokens of a request.");
+        self.batch.render(&mut out, "infinihip_batch_requests", "Requests computed together in one forward step.");
         out
     }
 }

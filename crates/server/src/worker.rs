@@ -190,13 +190,18 @@ impl<'t, B: Backend> EngineLoop<'t, B> {
             }
         };
         self.metrics.preemptions(report.preempted.len());
+        if !report.scheduled.is_empty() {
+            self.metrics.step(report.scheduled.len());
+        }
+        // Finished requests have freed their pages: show it before their clients hear of it.
+        self.publish_gauges();
         for event in report.events {
             self.deliver(event);
         }
     }
 
-    /// Records an event's metrics and sends it to its client; a client that has gone away is
-    /// cancelled (its request may still be running when this is a `Token`).
+    /// Records an event's metrics and sends it to its client; a client that has gone away
+    /// while its request runs is cancelled.
     fn deliver(&mut self, event: Event) {
         let now = Instant::now();
         let (id, sampled, outcome) = match &event {
@@ -220,18 +225,21 @@ impl<'t, B: Backend> EngineLoop<'t, B> {
             }
             client.last_token = Some(now);
         }
-        let delivered = client.events.send(event).is_ok();
-        match (outcome, delivered) {
-            (Some(outcome), true) => {
-                self.clients.remove(&id);
+        match outcome {
+            // Counted before the client hears of it, so that its next look at the metrics
+            // includes it. A client gone by now misses nothing: the request is over.
+            Some(outcome) => {
                 self.metrics.request_done(outcome);
-            }
-            (_, false) => {
-                self.scheduler.cancel(&mut self.engine, id);
+                let _ = client.events.send(event);
                 self.clients.remove(&id);
-                self.metrics.request_done(Outcome::Cancelled);
             }
-            (None, true) => {}
+            None => {
+                if client.events.send(event).is_err() {
+                    self.scheduler.cancel(&mut self.engine, id);
+                    self.clients.remove(&id);
+                    self.metrics.request_done(Outcome::Cancelled);
+                }
+            }
         }
     }
 
