@@ -354,10 +354,7 @@ impl<'t> Scheduler<'t> {
     /// New pages the planned step needs.
     fn planned_pages<B: Backend>(&self, engine: &Engine<B>) -> usize {
         let pool = engine.pool();
-        self.running
-            .iter()
-            .map(|r| pool.pages_for(r.seq.len() + r.planned).saturating_sub(r.seq.pages().len()))
-            .sum()
+        self.running.iter().map(|r| pool.pages_for(r.seq.len() + r.planned).saturating_sub(r.seq.pages().len())).sum()
     }
 
     /// Moves waiting requests to `running` while budget, batch room and pages allow, planning
@@ -594,10 +591,7 @@ mod tests {
         let r = request(&tokenizer, "One, two, three, four,", 20, greedy());
         let a = scheduler.submit(&engine, r.clone()).expect("submit");
         let b = scheduler.submit(&engine, r.clone()).expect("submit");
-        assert_eq!(
-            scheduler.submit(&engine, r.clone()),
-            Err(SubmitError::QueueFull { waiting: 2, max_waiting: 2 })
-        );
+        assert_eq!(scheduler.submit(&engine, r.clone()), Err(SubmitError::QueueFull { waiting: 2, max_waiting: 2 }));
         scheduler.step(&mut engine);
         assert!(engine.pool().used_pages() > 0);
         assert!(scheduler.cancel(&mut engine, a) && scheduler.cancel(&mut engine, b));
@@ -622,7 +616,9 @@ mod tests {
             .iter()
             .flat_map(|r| &r.events)
             .filter_map(|e| match e {
-                Event::Token { id, text, .. } | Event::Finished { id, text, .. } if *id == ids[0] => Some(text.as_str()),
+                Event::Token { id, text, .. } | Event::Finished { id, text, .. } if *id == ids[0] => {
+                    Some(text.as_str())
+                }
                 _ => None,
             })
             .collect();

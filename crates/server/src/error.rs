@@ -130,13 +130,23 @@ impl ApiError {
 
     /// The engine thread is gone (it failed or the server is shutting down).
     pub fn engine_unavailable() -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "engine_unavailable", "the inference engine is not running")
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "engine_unavailable",
+            "the inference engine is not running",
+        )
     }
 
     /// A failure of ours: logged with its detail, answered generically.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         eprintln!("infinihip: internal error: {detail}");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal_error", "the server failed to process the request")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "internal_error",
+            "the server failed to process the request",
+        )
     }
 
     /// The JSON body, also used for errors inside an event stream.

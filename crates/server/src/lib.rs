@@ -68,7 +68,10 @@ where
     let pool = engine.pool();
     let kv_tokens = pool.capacity() * pool.layout().page_size;
     let checks = [
-        (config.api.context_tokens >= 2, format!("the context ({}) must hold at least 2 tokens", config.api.context_tokens)),
+        (
+            config.api.context_tokens >= 2,
+            format!("the context ({}) must hold at least 2 tokens", config.api.context_tokens),
+        ),
         (
             kv_tokens >= config.api.context_tokens,
             format!(

@@ -199,9 +199,19 @@ impl Metrics {
             let _ = writeln!(out, "infinihip_requests_total{{outcome=\"{}\"}} {}", outcome.label(), get(n));
         }
         let scalars: [(&str, &str, &str, u64); 8] = [
-            ("infinihip_prompt_tokens_total", "counter", "Prompt tokens of admitted requests.", get(&self.prompt_tokens)),
+            (
+                "infinihip_prompt_tokens_total",
+                "counter",
+                "Prompt tokens of admitted requests.",
+                get(&self.prompt_tokens),
+            ),
             ("infinihip_generation_tokens_total", "counter", "Tokens sampled.", get(&self.generation_tokens)),
-            ("infinihip_preemptions_total", "counter", "Requests preempted for KV pages (recomputed later).", get(&self.preemptions)),
+            (
+                "infinihip_preemptions_total",
+                "counter",
+                "Requests preempted for KV pages (recomputed later).",
+                get(&self.preemptions),
+            ),
             ("infinihip_requests_waiting", "gauge", "Requests in the admission queue.", get(&self.waiting)),
             ("infinihip_requests_running", "gauge", "Requests admitted to the batch.", get(&self.running)),
             ("infinihip_kv_pages_used", "gauge", "KV cache pages held by requests.", get(&self.kv_pages_used)),

@@ -197,7 +197,9 @@ impl RequestBody {
                         for (j, part) in parts.iter().enumerate() {
                             match (part.kind.as_str(), &part.text) {
                                 ("text", Some(t)) => text.push_str(t),
-                                ("text", None) => return Err(ApiError::missing(&format!("messages[{i}].content[{j}].text"))),
+                                ("text", None) => {
+                                    return Err(ApiError::missing(&format!("messages[{i}].content[{j}].text")))
+                                }
                                 (other, _) => {
                                     return Err(ApiError::unsupported(
                                         &format!("messages[{i}].content[{j}].type"),
@@ -252,9 +254,12 @@ impl RequestBody {
 
     fn check_unsupported(&self) -> Result<(), ApiError> {
         if let Some(n) = self.n.filter(|&n| n != 1) {
-            return Err(ApiError::unsupported("n", format!("n = {n} is not supported: one choice per request (n = 1)")));
+            return Err(ApiError::unsupported(
+                "n",
+                format!("n = {n} is not supported: one choice per request (n = 1)"),
+            ));
         }
-        let fields: [(&str, &Option<Value>, fn(&Value) -> bool, &str); 11] = [
+        let fields: [NeutralOnly<'_>; 11] = [
             ("logprobs", &self.logprobs, |v| is_false(v) || is_zero(v), "log probabilities are not supported"),
             ("top_logprobs", &self.top_logprobs, is_zero, "log probabilities are not supported"),
             ("echo", &self.echo, is_false, "`echo` is not supported"),
@@ -287,7 +292,10 @@ impl RequestBody {
             Some(-1 | 0) => 0,
             Some(k) if k > 0 => usize::try_from(k).unwrap_or(usize::MAX),
             Some(k) => {
-                return Err(ApiError::invalid_value("top_k", format!("top_k = {k} is invalid: expected >= 0 (0 or -1 = off)")))
+                return Err(ApiError::invalid_value(
+                    "top_k",
+                    format!("top_k = {k} is invalid: expected >= 0 (0 or -1 = off)"),
+                ))
             }
         };
         let seed = match &self.seed {
@@ -353,7 +361,10 @@ impl RequestBody {
         match self.attention.as_deref() {
             None if !names_hip => return Ok(default.clone()),
             Some("dense") if names_hip => {
-                return Err(ApiError::invalid_value("attention", "`hip_preset` and `hip_config` apply only with \"hip\""))
+                return Err(ApiError::invalid_value(
+                    "attention",
+                    "`hip_preset` and `hip_config` apply only with \"hip\"",
+                ))
             }
             Some("dense") => return Ok(AttentionMode::Dense),
             None | Some("hip") => {}
@@ -382,6 +393,10 @@ impl RequestBody {
         Ok(AttentionMode::Hip(Arc::new(config)))
     }
 }
+
+/// A field accepted only at a neutral value: its name, its value, the test of neutrality and
+/// the message when it fails.
+type NeutralOnly<'a> = (&'static str, &'a Option<Value>, fn(&Value) -> bool, &'static str);
 
 fn is_false(v: &Value) -> bool {
     v == &Value::Bool(false)
@@ -595,7 +610,10 @@ mod tests {
         assert_eq!(body(r#"{"prompt": ["hi"]}"#).completion_prompt(), Ok(PromptInput::Text("hi".into())));
         assert_eq!(body(r#"{"prompt": [[1, 2]]}"#).completion_prompt(), Ok(PromptInput::Ids(vec![1, 2])));
         assert_eq!(body(r#"{"prompt": [3]}"#).completion_prompt(), Ok(PromptInput::Ids(vec![3])));
-        assert_eq!(body(r#"{"prompt": ["a", "b"]}"#).completion_prompt().expect_err("batch").code, "unsupported_parameter");
+        assert_eq!(
+            body(r#"{"prompt": ["a", "b"]}"#).completion_prompt().expect_err("batch").code,
+            "unsupported_parameter"
+        );
     }
 
     #[test]

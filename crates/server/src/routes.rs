@@ -14,8 +14,8 @@
 //! logged with its full duration and outcome), the body size limit, then on `/v1` routes the
 //! API-key check.
 
-use std::convert::Infallible;
 use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -42,9 +42,9 @@ use crate::error::{ApiError, ErrorCode};
 use crate::listener::ClientAddr;
 use crate::metrics::Metrics;
 use crate::protocol::{
-    finish_reason, parse_body, random_u64, sampling_error, AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, Chunk,
-    Completion, CompletionChoice, Delta, Endpoint, Envelope, ModelCard, ModelList, PromptInput, RequestBody, Settings,
-    UsageBody,
+    finish_reason, parse_body, random_u64, sampling_error, AssistantMessage, ChatChoice, ChatChunkChoice,
+    ChatCompletion, Chunk, Completion, CompletionChoice, Delta, Endpoint, Envelope, ModelCard, ModelList, PromptInput,
+    RequestBody, Settings, UsageBody,
 };
 use crate::worker::{EngineHandle, EventReceiver, HandleError};
 
@@ -175,20 +175,48 @@ impl RequestNote {
     }
 }
 
+/// One request's log line, written once when the request is over.
 struct LogLine {
     start: Instant,
     client: String,
     method: Method,
     path: String,
-    status: StatusCode,
+    /// `None` until the handler answers.
+    status: Option<StatusCode>,
     note: Arc<RequestNote>,
+}
+
+impl LogLine {
+    fn write(&self) {
+        // 499, as nginx logs it: the client closed the connection before the answer.
+        let status = self.status.map_or(499, |s| s.as_u16());
+        eprintln!(
+            "infinihip: {} {} {} {status} {:.3}s{}",
+            self.client,
+            self.method,
+            self.path,
+            self.start.elapsed().as_secs_f64(),
+            self.note.summary()
+        );
+    }
+}
+
+/// Holds a log line until it is written: on drop, unless taken first.
+struct PendingLog(Option<LogLine>);
+
+impl Drop for PendingLog {
+    fn drop(&mut self) {
+        if let Some(line) = self.0.take() {
+            line.write();
+        }
+    }
 }
 
 /// A response body that writes its request's log line when it is dropped: after the last
 /// byte, or when the client goes away mid-stream.
 struct LoggedBody {
     inner: Body,
-    line: Option<LogLine>,
+    _log: PendingLog,
 }
 
 impl http_body::Body for LoggedBody {
@@ -208,42 +236,33 @@ impl http_body::Body for LoggedBody {
     }
 }
 
-impl Drop for LoggedBody {
-    fn drop(&mut self) {
-        if let Some(l) = self.line.take() {
-            eprintln!(
-                "infinihip: {} {} {} {} {:.3}s{}",
-                l.client,
-                l.method,
-                l.path,
-                l.status.as_u16(),
-                l.start.elapsed().as_secs_f64(),
-                l.note.summary()
-            );
-        }
-    }
-}
-
+/// Logs every request in one line. If the client leaves before the handler answers (a
+/// non-streaming generation), this future is dropped and the pending line is written then.
 async fn log_request(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
-    let start = Instant::now();
     let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_string();
-    let client = request
-        .extensions()
-        .get::<ConnectInfo<ClientAddr>>()
-        .map_or_else(|| "-".to_string(), |c| c.0 .0.to_string());
-    let method = request.method().clone();
-    let path = request.uri().path().to_string();
+    let client =
+        request.extensions().get::<ConnectInfo<ClientAddr>>().map_or_else(|| "-".to_string(), |c| c.0 .0.to_string());
     let note = Arc::new(RequestNote::default());
     request.extensions_mut().insert(note.clone());
+    let mut log = PendingLog(Some(LogLine {
+        start: Instant::now(),
+        client,
+        method: request.method().clone(),
+        path: request.uri().path().to_string(),
+        status: None,
+        note: note.clone(),
+    }));
     let response = next.run(request).await;
     let status = response.status();
     app.0.metrics.http_response(&route, status.as_u16());
     if let Some(ErrorCode(code)) = response.extensions().get::<ErrorCode>() {
         note.outcome(format!("error={code}"));
     }
+    if let Some(line) = &mut log.0 {
+        line.status = Some(status);
+    }
     let (parts, body) = response.into_parts();
-    let line = LogLine { start, client, method, path, status, note };
-    Response::from_parts(parts, Body::new(LoggedBody { inner: body, line: Some(line) }))
+    Response::from_parts(parts, Body::new(LoggedBody { inner: body, _log: log }))
 }
 
 async fn health(State(app): State<AppState>) -> Response {
@@ -295,9 +314,7 @@ fn read_body(body: Result<Bytes, BytesRejection>, app: &AppState) -> Result<Requ
 }
 
 /// Runs CPU-heavy preparation (template rendering, tokenisation) off the async workers.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f).await.map_err(ApiError::internal)?
 }
 
@@ -340,11 +357,9 @@ async fn completions(
 
 impl AppState {
     fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, ApiError> {
-        let text = self
-            .0
-            .template
-            .render(messages, true)
-            .map_err(|e| ApiError::invalid_value("messages", format!("the chat template rejected the messages: {e}")))?;
+        let text = self.0.template.render(messages, true).map_err(|e| {
+            ApiError::invalid_value("messages", format!("the chat template rejected the messages: {e}"))
+        })?;
         self.0.tokenizer.encode(&text, true).map_err(ApiError::internal)
     }
 
@@ -427,8 +442,12 @@ impl Shape {
             Endpoint::Chat => ("chatcmpl", "chat.completion"),
             Endpoint::Completions => ("cmpl", "text_completion"),
         };
-        let envelope =
-            Envelope { id: format!("{prefix}-{:016x}", random_u64()), object, created: unix_now(), model: model.into() };
+        let envelope = Envelope {
+            id: format!("{prefix}-{:016x}", random_u64()),
+            object,
+            created: unix_now(),
+            model: model.into(),
+        };
         Self { endpoint, envelope }
     }
 
@@ -490,7 +509,11 @@ impl Shape {
     }
 
     fn usage_chunk(&self, usage: UsageBody) -> SseEvent {
-        sse_json(&Chunk::<CompletionChoice> { envelope: self.chunk_envelope(), choices: Vec::new(), usage: Some(usage) })
+        sse_json(&Chunk::<CompletionChoice> {
+            envelope: self.chunk_envelope(),
+            choices: Vec::new(),
+            usage: Some(usage),
+        })
     }
 }
 

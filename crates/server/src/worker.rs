@@ -73,6 +73,14 @@ impl EngineHandle {
     where
         Engine<B>: Send,
     {
+        // The gauges are right from the start, before the thread runs.
+        let pool = engine.pool();
+        metrics.set_engine(EngineGauges {
+            waiting: 0,
+            running: 0,
+            kv_pages_used: pool.used_pages(),
+            kv_pages_free: pool.free_pages(),
+        });
         let (submissions, inbox) = mpsc::channel();
         let alive = Arc::new(AtomicBool::new(true));
         let guard = AliveGuard(alive.clone());
@@ -127,7 +135,6 @@ impl<'t, B: Backend> EngineLoop<'t, B> {
 
     fn run(mut self, inbox: &mpsc::Receiver<Submission>) {
         let mut open = true;
-        self.publish_gauges();
         while open || !self.scheduler.is_idle() {
             if self.scheduler.is_idle() {
                 match inbox.recv() {
@@ -164,7 +171,8 @@ impl<'t, B: Backend> EngineLoop<'t, B> {
 
     /// Cancels the requests whose handlers dropped their receivers (client disconnects).
     fn cancel_abandoned(&mut self) {
-        let gone: Vec<RequestId> = self.clients.iter().filter(|(_, c)| c.events.is_closed()).map(|(id, _)| *id).collect();
+        let gone: Vec<RequestId> =
+            self.clients.iter().filter(|(_, c)| c.events.is_closed()).map(|(id, _)| *id).collect();
         for id in gone {
             self.scheduler.cancel(&mut self.engine, id);
             self.clients.remove(&id);
@@ -182,7 +190,9 @@ impl<'t, B: Backend> EngineLoop<'t, B> {
                     .map(|s| s.to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "unknown panic".into());
-                eprintln!("infinihip: internal error: the engine step panicked ({what}); failing every request in flight");
+                eprintln!(
+                    "infinihip: internal error: the engine step panicked ({what}); failing every request in flight"
+                );
                 for id in self.scheduler.abort_all(&mut self.engine) {
                     self.deliver(Event::Failed { id, error: format!("internal error: {what}") });
                 }

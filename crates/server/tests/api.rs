@@ -6,7 +6,9 @@ mod common;
 use std::time::Duration;
 
 use axum::http::{header, StatusCode};
-use common::{app, get, metric, post, send, send_json, sse_data, streamed_text, tokenizer, wait_for_metric, Setup, MODEL};
+use common::{
+    app, get, metric, post, send, send_json, sse_data, streamed_text, tokenizer, wait_for_metric, Setup, MODEL,
+};
 use http_body_util::BodyExt;
 use infinihip_core::chat::{ChatMessage, ChatTemplate};
 use infinihip_core::gguf::GgufFile;
@@ -36,7 +38,8 @@ async fn completion_knows_the_capital_and_counts_its_tokens() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_renders_the_template_and_streams_the_same_text() {
     let app = app(&Setup::default());
-    let messages = json!([{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name a colour."}]);
+    let messages =
+        json!([{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name a colour."}]);
     let request = |stream: bool| {
         json!({"messages": messages, "max_completion_tokens": 12, "seed": 42, "stream": stream,
                "stream_options": {"include_usage": true}})
@@ -73,9 +76,8 @@ async fn chat_renders_the_template_and_streams_the_same_text() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_strings_cut_the_text() {
     let app = app(&Setup::default());
-    let body = |stop: Value| {
-        json!({"prompt": "1, 2, 3, 4,", "max_tokens": 12, "temperature": 0, "stop": stop}).to_string()
-    };
+    let body =
+        |stop: Value| json!({"prompt": "1, 2, 3, 4,", "max_tokens": 12, "temperature": 0, "stop": stop}).to_string();
     let (_, plain) = send_json(&app, post("/v1/completions", body(Value::Null))).await;
     let plain = plain["choices"][0]["text"].as_str().expect("text").to_string();
     let cut = plain.find(" 7").expect("the model counts on to 7");
@@ -149,7 +151,10 @@ async fn the_api_key_is_required_on_v1_routes_when_set() {
     for key in [None, Some("wrong"), Some("s3cre"), Some("s3cret2")] {
         let (status, err) = send_json(&app, with_key(key)).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{key:?}");
-        assert_eq!((&err["error"]["type"], &err["error"]["code"]), (&json!("authentication_error"), &json!("invalid_api_key")));
+        assert_eq!(
+            (&err["error"]["type"], &err["error"]["code"]),
+            (&json!("authentication_error"), &json!("invalid_api_key"))
+        );
     }
     let (status, _) = send(&app, with_key(Some("s3cret"))).await;
     assert_eq!(status, StatusCode::OK);

@@ -143,7 +143,14 @@ fn cases() -> Vec<Case> {
             "invalid_value",
             Some("max_tokens"),
         ),
-        case("seed not an integer", post(CHAT, chat(json!({"seed": 1.5}))), BAD, INVALID, "invalid_value", Some("seed")),
+        case(
+            "seed not an integer",
+            post(CHAT, chat(json!({"seed": 1.5}))),
+            BAD,
+            INVALID,
+            "invalid_value",
+            Some("seed"),
+        ),
         case("n of 3", post(CHAT, chat(json!({"n": 3}))), BAD, INVALID, "unsupported_parameter", Some("n")),
         case(
             "log probabilities",
@@ -165,7 +172,14 @@ fn cases() -> Vec<Case> {
             "unsupported_parameter",
             Some("messages[0].content[0].type"),
         ),
-        case("an empty stop string", post(CHAT, chat(json!({"stop": ""}))), BAD, INVALID, "invalid_value", Some("stop")),
+        case(
+            "an empty stop string",
+            post(CHAT, chat(json!({"stop": ""}))),
+            BAD,
+            INVALID,
+            "invalid_value",
+            Some("stop"),
+        ),
         case(
             "a token id past the vocabulary",
             post(COMPLETIONS, json!({"prompt": [1, 4_000_000]}).to_string()),
@@ -198,15 +212,15 @@ fn cases() -> Vec<Case> {
             "request_too_large",
             None,
         ),
-        case("an unknown route", post("/v1/embeddings", "{}"), StatusCode::NOT_FOUND, "not_found_error", "unknown_url", None),
         case(
-            "a wrong method",
-            common::get(CHAT),
-            StatusCode::METHOD_NOT_ALLOWED,
-            INVALID,
-            "method_not_allowed",
+            "an unknown route",
+            post("/v1/embeddings", "{}"),
+            StatusCode::NOT_FOUND,
+            "not_found_error",
+            "unknown_url",
             None,
         ),
+        case("a wrong method", common::get(CHAT), StatusCode::METHOD_NOT_ALLOWED, INVALID, "method_not_allowed", None),
     ]
 }
 
