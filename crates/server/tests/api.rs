@@ -164,3 +164,39 @@ async fn the_api_key_is_required_on_v1_routes_when_set() {
     assert_eq!(send(&app, get("/health")).await.0, StatusCode::OK);
     assert_eq!(send(&app, get("/metrics")).await.0, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hip_attention_per_request_equals_dense_on_a_short_prompt() {
+    // HiP attends to everything while the context fits in sink + window + k (DESIGN.md §4.1),
+    // so greedy text must match dense; a broken per-request HiP path would not.
+    let app = app(&Setup::default());
+    let body = |extra: Value| {
+        let prompt = "Painters mix paint on a palette. Red and yellow make orange, yellow and blue make green, \
+                      and blue and red make purple. Mixing all of them gives a muddy brown. The three primary \
+                      colours are";
+        let mut body = json!({"prompt": prompt, "max_tokens": 12, "temperature": 0});
+        if let (Some(body), Value::Object(extra)) = (body.as_object_mut(), extra) {
+            body.extend(extra);
+        }
+        body.to_string()
+    };
+    let pruning = json!({"n_sink": 4, "n_window": 8, "chunk_sizes": [8, 4, 2], "stage_k": [16, 8], "k": 4,
+                         "first_layers": {"k": null}, "query_group": [1, 1, 1], "refresh": [1, 1, 1]});
+    let mut texts = Vec::new();
+    for extra in [
+        json!({}),
+        json!({"attention": "hip"}),
+        json!({"hip_preset": "fast", "hip_config": {"n_sink": 64}}),
+        json!({"hip_config": pruning}),
+    ] {
+        let (status, json) = send_json(&app, post("/v1/completions", body(extra))).await;
+        assert_eq!(status, StatusCode::OK, "{json}");
+        texts.push(json["choices"][0]["text"].as_str().expect("text").to_string());
+    }
+    assert!(!texts[0].is_empty());
+    assert_eq!(texts[1], texts[0], "hip (default preset) vs dense");
+    assert_eq!(texts[2], texts[0], "hip (fast, n_sink 64) vs dense");
+    // A window of 8 and k = 4 over a 50-token prompt prunes for real: the request's own
+    // settings reached the engine.
+    assert_ne!(texts[3], texts[0], "a pruning HiP config must change the text");
+}
