@@ -129,9 +129,10 @@ pub struct ServeArgs {
     /// Requests that may wait for KV memory; past it requests get 503 queue_full.
     #[arg(long, default_value_t = 256, value_name = "N")]
     pub max_queue: usize,
-    /// Requests computed together in one batch at most.
-    #[arg(long, default_value_t = 256, value_name = "N")]
-    pub max_running: usize,
+    /// Requests computed together in one batch at most; at most --prefill-chunk, so that every
+    /// running request gets its token each step [default: 256, or --prefill-chunk if smaller]
+    #[arg(long, value_name = "N")]
+    pub max_running: Option<usize>,
     /// max_tokens of a request that names none [default: 16 for /v1/completions, the rest of
     /// the context for chat, as OpenAI does]
     #[arg(long, value_name = "N")]

@@ -19,6 +19,9 @@ use crate::load::Opened;
 /// KV pool size when `--kv-tokens` is not given, in contexts.
 const DEFAULT_KV_CONTEXTS: usize = 4;
 
+/// `--max-running` when not given (and `--prefill-chunk` is larger).
+const DEFAULT_MAX_RUNNING: usize = 256;
+
 /// The name clients use for the model: the file name without `.gguf`.
 fn model_name(path: &Path) -> String {
     path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".to_string())
@@ -57,7 +60,7 @@ pub fn serve(args: &ServeArgs, model: &ModelArgs, attention: &AttentionArgs) -> 
             default_attention: attention.mode(),
         },
         scheduler: SchedulerOptions {
-            max_running: args.max_running,
+            max_running: args.max_running.unwrap_or(DEFAULT_MAX_RUNNING.min(model.prefill_chunk)),
             max_waiting: args.max_queue,
             step_tokens: model.prefill_chunk,
         },

@@ -81,6 +81,13 @@ where
         ),
         (config.scheduler.max_waiting >= 1, "the queue bound must be at least 1".to_string()),
         (config.scheduler.max_running >= 1, "at least one request must be allowed to run".to_string()),
+        (
+            config.scheduler.max_running <= config.scheduler.step_tokens,
+            format!(
+                "{} requests may run but a step takes {} tokens: every running request must get its token each step",
+                config.scheduler.max_running, config.scheduler.step_tokens
+            ),
+        ),
         (config.scheduler.step_tokens >= 1, "a step must take at least one token".to_string()),
         (config.api.max_body_bytes >= 1, "the body limit must be at least 1 byte".to_string()),
     ];

@@ -200,3 +200,16 @@ async fn hip_attention_per_request_equals_dense_on_a_short_prompt() {
     // settings reached the engine.
     assert_ne!(texts[3], texts[0], "a pruning HiP config must change the text");
 }
+
+#[test]
+fn configurations_that_could_stall_are_refused() {
+    let cases = [
+        (Setup { context_tokens: 4096, kv_tokens: 2048, ..Setup::default() }, "must hold at least one full context"),
+        (Setup { max_running: 65, step_tokens: 64, ..Setup::default() }, "must get its token each step"),
+        (Setup { max_waiting: 0, ..Setup::default() }, "queue bound"),
+    ];
+    for (setup, expected) in cases {
+        let err = common::try_app(&setup).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains(expected), "{setup:?}: {err:?}");
+    }
+}

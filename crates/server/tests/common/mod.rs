@@ -53,6 +53,7 @@ pub struct Setup {
     pub kv_tokens: usize,
     pub page_size: usize,
     pub step_tokens: usize,
+    pub max_running: usize,
     pub max_waiting: usize,
     pub api_key: Option<String>,
     pub max_body_bytes: usize,
@@ -65,6 +66,7 @@ impl Default for Setup {
             kv_tokens: 2048,
             page_size: 16,
             step_tokens: 64,
+            max_running: 64,
             max_waiting: 64,
             api_key: None,
             max_body_bytes: 64 << 10,
@@ -74,6 +76,11 @@ impl Default for Setup {
 
 /// The router of a server on the default model, its engine thread started.
 pub fn app(setup: &Setup) -> Router {
+    try_app(setup).expect("the server starts")
+}
+
+/// `app`, or the configuration error.
+pub fn try_app(setup: &Setup) -> Result<Router, infinihip_server::ServerError> {
     let file = Arc::new(GgufFile::open(model_path()).expect("the model opens"));
     let tokenizer = Tokenizer::from_gguf(file.metadata()).expect("tokenizer");
     let template = ChatTemplate::from_metadata(file.metadata()).expect("chat template");
@@ -93,9 +100,13 @@ pub fn app(setup: &Setup) -> Router {
             max_body_bytes: setup.max_body_bytes,
             default_attention: AttentionMode::Dense,
         },
-        scheduler: SchedulerOptions { max_running: 64, max_waiting: setup.max_waiting, step_tokens: setup.step_tokens },
+        scheduler: SchedulerOptions {
+            max_running: setup.max_running,
+            max_waiting: setup.max_waiting,
+            step_tokens: setup.step_tokens,
+        },
     };
-    infinihip_server::app(engine, tokenizer, template, config).expect("the server starts")
+    infinihip_server::app(engine, tokenizer, template, config)
 }
 
 /// The tokenizer of the default model, to count tokens independently of the server.
