@@ -98,6 +98,54 @@ pub enum Command {
     /// Retrieval accuracy against prompt length and needle depth (see docs/EVAL.md).
     #[command(subcommand)]
     Eval(EvalCommand),
+    /// The OpenAI-compatible HTTP server, with continuous batching (see docs/SERVER.md).
+    #[command(mut_arg("ctx_size", |a| a.help(SERVE_CTX_HELP)))]
+    Serve {
+        #[command(flatten)]
+        serve: ServeArgs,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        attention: AttentionArgs,
+    },
+}
+
+/// `--ctx-size` for the server: a per-request bound.
+const SERVE_CTX_HELP: &str = "Most tokens one request may hold, prompt and completion together; a longer prompt is a \
+    400 context_length_exceeded [default: the model's context length]";
+
+/// Flags of `serve` besides the model and attention ones.
+#[derive(Debug, Args, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on; the default accepts local connections only.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+    /// Port to listen on (0 picks a free one, printed at start).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Positions in the KV cache, shared by all requests [default: 4 × the context]
+    #[arg(long, value_name = "TOKENS")]
+    pub kv_tokens: Option<usize>,
+    /// Requests that may wait for KV memory; past it requests get 503 queue_full.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub max_queue: usize,
+    /// Requests computed together in one batch at most; at most --prefill-chunk, so that every
+    /// running request gets its token each step [default: 256, or --prefill-chunk if smaller]
+    #[arg(long, value_name = "N")]
+    pub max_running: Option<usize>,
+    /// max_tokens of a request that names none [default: 16 for /v1/completions, the rest of
+    /// the context for chat, as OpenAI does]
+    #[arg(long, value_name = "N")]
+    pub default_max_tokens: Option<usize>,
+    /// Require `Authorization: Bearer KEY` on every /v1 route.
+    #[arg(long, env = "INFINIHIP_API_KEY", hide_env_values = true, value_name = "KEY")]
+    pub api_key: Option<String>,
+    /// Largest request body accepted (larger ones get 413).
+    #[arg(long, default_value_t = 16 << 20, value_name = "BYTES")]
+    pub max_body_bytes: usize,
+    /// Open connections at most; more wait to be accepted.
+    #[arg(long, default_value_t = 512, value_name = "N")]
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Subcommand)]

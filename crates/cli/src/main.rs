@@ -7,6 +7,7 @@ mod eval;
 mod generate;
 mod info;
 mod load;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -49,5 +50,6 @@ fn run() -> Result<()> {
         Command::Eval(EvalCommand::Niah { variant, haystack, needles, eval: args }) => {
             eval::niah(variant, haystack, needles, &args)
         }
+        Command::Serve { serve: args, model, attention } => serve::serve(&args, &model, &attention),
     }
 }

@@ -7,6 +7,7 @@ pub mod generate;
 pub mod hip_state;
 pub mod kv;
 pub mod model;
+pub mod sched;
 pub mod text;
 
 pub use engine::{Engine, EngineOptions, LogitsWanted, StepInput};
