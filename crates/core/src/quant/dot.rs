@@ -76,6 +76,15 @@ macro_rules! dispatch {
     };
 }
 
+/// Decodes `dst.len()` elements of `ty` from `src` exactly as [`dequantize`](super::dequantize)
+/// does (bit for bit), with the fastest decoder this CPU has. The prefill matmul decodes weight
+/// panels with it.
+pub fn decode_fast(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), QuantError> {
+    let format = check_len(ty, dst.len(), src.len())?;
+    dispatch!(kernels => kernels.decode(format, src, dst));
+    Ok(())
+}
+
 /// `Σ_i dequant(row)[i]·x[i]`, where `row` holds `x.len()` elements of `ty`.
 ///
 /// Errors when the type is unsupported, `x.len()` is not a whole number of blocks, or `row` is
@@ -383,6 +392,22 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn decode_fast_equals_dequantize_bit_for_bit() {
+        let mut rng = Rng::new(17);
+        for ty in SUPPORTED {
+            for n in test_lengths(ty) {
+                let row = random_row(&mut rng, ty, n);
+                let (mut fast, mut reference) = (vec![f32::NAN; n], vec![f32::NAN; n]);
+                decode_fast(ty, &row, &mut fast).unwrap();
+                crate::quant::dequantize(ty, &row, &mut reference).unwrap();
+                let same = fast.iter().zip(&reference).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{ty}, {n} elements");
+            }
+        }
+        assert!(decode_fast(GgmlType::Q4_1, &[0; 19], &mut [0.0; 32]).is_err(), "length errors as in dequantize");
     }
 
     #[test]

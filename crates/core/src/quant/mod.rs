@@ -24,7 +24,7 @@ mod fused_avx2;
 mod testing;
 
 pub use dequant::{dequantize, dequantize_to_bf16};
-pub use dot::{dot_row, dot_row_multi, dot_rows};
+pub use dot::{decode_fast, dot_row, dot_row_multi, dot_rows};
 
 const _: () = assert!(
     cfg!(target_endian = "little"),
