@@ -1,0 +1,239 @@
+// Dense causal attention over the paged, un-rotated KV cache, with RoPE applied inside.
+//
+// Oracle: the dense path of crates/engine/src/backend/cpu/attention.rs (`attention` with
+// `hip[i] = None`); crates/engine/tests/gpu_ops.rs checks these kernels against it.
+//
+// Shapes (DESIGN notation): queries `[rows][H][d]`; cache pages `[layer][K|V][slot][Hkv][d]`
+// (`page_elems` = 2·n_layers·page_size·Hkv·d elements per page); GQA group g = H / Hkv, query
+// head h reads KV head h / g. RoPE tables `cos`/`sin` are `[position][rope_half]` f32; pair i
+// (i < rope_half) is (2i, 2i+1) for GGUF llama weights (`rope_adjacent`) or (i, i + rope_half)
+// (Qwen2); components past 2·rope_half are not rotated.
+//
+// Two kernels, flash-decoding style:
+// 1. `attn_partial_d{D}_r{ROWS}`: one block per (work item, KV head). A work item (`AttnCta`,
+//    planned on the host by infinihip_cuda::attention::plan) is ROWS consecutive "flat rows"
+//    f = t·g + j (token t of the sequence's step, head j of the group) and one split [k0, k1)
+//    of the key positions. It streams key tiles through shared memory (rotated as they are
+//    loaded), keeps an online softmax per row, and writes the unnormalised partial
+//    (m, l, acc[d]) of each row for its split. ROWS = 4 serves decode steps (one token, one
+//    warp per row), ROWS = 16 prefill chunks (8 lanes per row).
+// 2. `attn_combine`: merges the splits of each (row, head) and writes acc / l as bf16.
+//
+// Causality is by true position: the query at position p sees keys at positions ≤ p.
+
+struct SeqDesc {
+    int row_start;   // first activation row of the sequence's new tokens
+    int n_tokens;    // new tokens in this step
+    int pos_start;   // position of the first new token
+    int page_start;  // the sequence's pages are page_ids[page_start..]
+};
+static_assert(sizeof(SeqDesc) == 16, "SeqDesc mirrors infinihip_cuda::attention::SeqDesc");
+
+struct AttnCta {
+    int seq;    // index into seqs
+    int f0;     // first flat row
+    int k0;     // key positions [k0, k1) of this split
+    int k1;
+    int split;  // index of the split among the item's splits
+};
+static_assert(sizeof(AttnCta) == 20, "AttnCta mirrors infinihip_cuda::attention::AttnCta");
+
+struct AttnParams {
+    const bf16* q;
+    const bf16* kv;
+    const unsigned* page_ids;
+    const SeqDesc* seqs;
+    const AttnCta* ctas;
+    const float* cos;
+    const float* sin;
+    float* part_acc;  // [(row·H + h)·max_splits + split][d]
+    float* part_ml;   // [(row·H + h)·max_splits + split][2]: running max, sum of weights
+    int n_heads;
+    int n_kv_heads;
+    int n_layers;
+    int layer;
+    int page_size;
+    int rope_half;
+    int rope_adjacent;
+    int max_splits;
+    float scale;
+    int pad;
+};
+static_assert(sizeof(AttnParams) == 112, "AttnParams mirrors infinihip_cuda::attention::AttnParams");
+
+// The two components (a, b) of pair i: rotated pairs first, then the unrotated tail in
+// adjacent pairs, so that pairs 0..d/2 cover every component exactly once in either style.
+__device__ __forceinline__ void pair_of(int i, int rope_half, int adjacent, int& a, int& b) {
+    if (i < rope_half && !adjacent) {
+        a = i;
+        b = i + rope_half;
+    } else {
+        a = 2 * i;
+        b = 2 * i + 1;
+    }
+}
+
+template <int D, int ROWS>
+__device__ __forceinline__ void attn_partial(const AttnParams& p) {
+    constexpr int THREADS = 128;
+    constexpr int LANES = THREADS / ROWS;  // threads per flat row
+    constexpr int KT = 4096 / D;           // keys per shared-memory tile
+    constexpr int SPL = KT / LANES;        // scores per lane per tile
+    constexpr int CPL = D / LANES;         // output components per lane
+    static_assert(SPL >= 1 && CPL >= 1 && KT % LANES == 0 && D % LANES == 0, "tile shape");
+
+    __shared__ float sQ[ROWS][D + 1];  // +1: rows of one warp fall in different banks
+    __shared__ float sK[KT][D + 1];
+    __shared__ float sV[KT][D];
+    __shared__ float sP[ROWS][KT];
+
+    const AttnCta c = p.ctas[blockIdx.x];
+    const SeqDesc s = p.seqs[c.seq];
+    const int kvh = blockIdx.y;
+    const int g = p.n_heads / p.n_kv_heads;
+    const int n_flat = s.n_tokens * g;
+    const int r = threadIdx.x / LANES, lane = threadIdx.x % LANES;
+    const int f = c.f0 + r;
+    const bool active = f < n_flat;
+    const int t = active ? f / g : 0;
+    const int h = kvh * g + (active ? f % g : 0);
+    const int q_pos = s.pos_start + t;
+    const int row = s.row_start + t;
+    // Keys any row of the block may see: up to its last token's position.
+    const int last_flat = min(c.f0 + ROWS, n_flat) - 1;
+    const int key_end = min(c.k1, s.pos_start + last_flat / g + 1);
+
+    const size_t width = (size_t)p.n_kv_heads * D;
+    const size_t layer_page = (size_t)p.page_size * width;
+    const size_t page_elems = 2 * (size_t)p.n_layers * layer_page;
+
+    // The query row, rotated at its position and scaled.
+    {
+        const bf16* src = p.q + ((size_t)row * p.n_heads + h) * D;
+        for (int i = lane; i < D / 2; i += LANES) {
+            int a, b;
+            pair_of(i, p.rope_half, p.rope_adjacent, a, b);
+            float xa = active ? to_f32(src[a]) : 0.f, xb = active ? to_f32(src[b]) : 0.f;
+            if (i < p.rope_half) {
+                const float cs = p.cos[(size_t)q_pos * p.rope_half + i], sn = p.sin[(size_t)q_pos * p.rope_half + i];
+                const float ya = xa * cs - xb * sn, yb = xa * sn + xb * cs;
+                xa = ya;
+                xb = yb;
+            }
+            sQ[r][a] = xa * p.scale;
+            sQ[r][b] = xb * p.scale;
+        }
+    }
+
+    float m = NEG_INF, l = 0.f;
+    float acc[CPL];
+#pragma unroll
+    for (int cc = 0; cc < CPL; ++cc) acc[cc] = 0.f;
+
+    for (int tile = c.k0; tile < key_end; tile += KT) {
+        __syncthreads();  // sQ is written (first tile); the previous tile is consumed (later ones)
+        for (int task = threadIdx.x; task < KT * (D / 2); task += THREADS) {
+            const int j = task / (D / 2), i = task % (D / 2);
+            const int kp = tile + j;
+            int a, b;
+            pair_of(i, p.rope_half, p.rope_adjacent, a, b);
+            float ka = 0.f, kb = 0.f, va = 0.f, vb = 0.f;
+            if (kp < key_end) {
+                const size_t page = p.page_ids[s.page_start + kp / p.page_size];
+                const bf16* k_row =
+                    p.kv + page * page_elems + (2 * (size_t)p.layer) * layer_page + (size_t)(kp % p.page_size) * width + (size_t)kvh * D;
+                const bf16* v_row = k_row + layer_page;
+                ka = to_f32(k_row[a]);
+                kb = to_f32(k_row[b]);
+                va = to_f32(v_row[a]);
+                vb = to_f32(v_row[b]);
+                if (i < p.rope_half) {
+                    const float cs = p.cos[(size_t)kp * p.rope_half + i], sn = p.sin[(size_t)kp * p.rope_half + i];
+                    const float ya = ka * cs - kb * sn, yb = ka * sn + kb * cs;
+                    ka = ya;
+                    kb = yb;
+                }
+            }
+            sK[j][a] = ka;
+            sK[j][b] = kb;
+            sV[j][a] = va;
+            sV[j][b] = vb;
+        }
+        __syncthreads();
+
+        float score[SPL];
+        float tile_max = NEG_INF;
+#pragma unroll
+        for (int jj = 0; jj < SPL; ++jj) {
+            const int j = lane + jj * LANES;
+            const int kp = tile + j;
+            float dot = 0.f;
+#pragma unroll 16
+            for (int e = 0; e < D; ++e) dot += sQ[r][e] * sK[j][e];
+            const bool visible = active && kp < key_end && kp <= q_pos;
+            score[jj] = visible ? dot : NEG_INF;
+            tile_max = fmaxf(tile_max, score[jj]);
+        }
+        tile_max = group_max<LANES>(tile_max);
+        const float m_new = fmaxf(m, tile_max);
+        // A row that has seen no visible key yet keeps m = -inf and weights 0 (no NaN from
+        // -inf - -inf).
+        const bool any = m_new != NEG_INF;
+        const float correction = any ? __expf(m - m_new) : 1.f;
+        float p_sum = 0.f;
+#pragma unroll
+        for (int jj = 0; jj < SPL; ++jj) {
+            const float w = any ? __expf(score[jj] - m_new) : 0.f;
+            sP[r][lane + jj * LANES] = w;
+            p_sum += w;
+        }
+        p_sum = group_sum<LANES>(p_sum);
+        l = l * correction + p_sum;
+        m = m_new;
+        __syncwarp();  // a row's lanes share one warp: its weights are visible to all of them
+#pragma unroll
+        for (int cc = 0; cc < CPL; ++cc) {
+            const int col = lane + cc * LANES;
+            float a = acc[cc] * correction;
+#pragma unroll 8
+            for (int j = 0; j < KT; ++j) a += sP[r][j] * sV[j][col];
+            acc[cc] = a;
+        }
+    }
+
+    if (active) {
+        const size_t slot = ((size_t)row * p.n_heads + h) * p.max_splits + c.split;
+#pragma unroll
+        for (int cc = 0; cc < CPL; ++cc) p.part_acc[slot * D + lane + cc * LANES] = acc[cc];
+        if (lane == 0) {
+            p.part_ml[2 * slot] = m;
+            p.part_ml[2 * slot + 1] = l;
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(128) attn_partial_d64_r4(const AttnParams p) { attn_partial<64, 4>(p); }
+extern "C" __global__ void __launch_bounds__(128) attn_partial_d64_r16(const AttnParams p) { attn_partial<64, 16>(p); }
+extern "C" __global__ void __launch_bounds__(128) attn_partial_d128_r4(const AttnParams p) { attn_partial<128, 4>(p); }
+extern "C" __global__ void __launch_bounds__(128) attn_partial_d128_r16(const AttnParams p) { attn_partial<128, 16>(p); }
+
+// attn_combine: out[row][h] = Σ_s e^(m_s − M)·acc_s / Σ_s e^(m_s − M)·l_s over the n_splits[row·H + h]
+// splits of (row, h). Grid: one block per (row, h); block: d threads, one per component.
+extern "C" __global__ void attn_combine(const float* __restrict__ part_acc, const float* __restrict__ part_ml,
+                                        const int* __restrict__ n_splits, bf16* __restrict__ out, int max_splits) {
+    const int d = blockDim.x, col = threadIdx.x;
+    const size_t base = (size_t)blockIdx.x * max_splits;
+    const int n = n_splits[blockIdx.x];
+    float m_all = NEG_INF;
+    for (int s = 0; s < n; ++s) m_all = fmaxf(m_all, part_ml[2 * (base + s)]);
+    float l_all = 0.f, o = 0.f;
+    for (int s = 0; s < n; ++s) {
+        const float l_s = part_ml[2 * (base + s) + 1];
+        if (l_s == 0.f) continue;  // a split wholly after this row's position
+        const float w = __expf(part_ml[2 * (base + s)] - m_all);
+        l_all += l_s * w;
+        o += w * part_acc[(base + s) * d + col];
+    }
+    // Every query sees at least its own key, so l_all > 0.
+    out[(size_t)blockIdx.x * d + col] = to_bf16(o / l_all);
+}

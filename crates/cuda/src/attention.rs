@@ -1,0 +1,196 @@
+//! Host planning of the dense attention kernels (`kernels/attention.cu`): which block computes
+//! which rows over which keys, laid out once per step and reused by every layer.
+//!
+//! A sequence's new tokens give `n_tokens · g` **flat rows** f = t·g + j (token t, head j of a
+//! GQA group of g = H / Hkv query heads). Consecutive flat rows are cut into groups of `ROWS`
+//! (4 for a decode step, 16 for a prefill chunk), and each group's causal key range
+//! `[0, pos_start + last token + 1)` is split into `n_split` shares so that the whole step
+//! launches enough blocks to fill the GPU (split-K, flash-decoding style). Each work item is
+//! launched once per KV head. `n_splits[row·H + h]` tells the combine kernel how many partials
+//! each (row, head) has.
+
+/// One sequence of the step, as the kernels read it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SeqDesc {
+    pub row_start: i32,
+    pub n_tokens: i32,
+    pub pos_start: i32,
+    pub page_start: i32,
+}
+const _: () = assert!(std::mem::size_of::<SeqDesc>() == 16);
+
+/// One work item of `attn_partial`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AttnCta {
+    pub seq: i32,
+    pub f0: i32,
+    pub k0: i32,
+    pub k1: i32,
+    pub split: i32,
+}
+const _: () = assert!(std::mem::size_of::<AttnCta>() == 20);
+
+/// Flat rows per block of a decode step (one token: g rows, one warp each).
+pub const DECODE_ROWS: usize = 4;
+/// Flat rows per block of a prefill chunk.
+pub const PREFILL_ROWS: usize = 16;
+/// A split holds at least this many keys: shorter ones cost more in partials than they save.
+pub const MIN_SPLIT_KEYS: usize = 256;
+/// The most splits of one group; bounds the partials buffer.
+pub const MAX_SPLITS: usize = 64;
+
+/// The work of one step: items for each kernel shape, and the split counts for the combine.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AttnPlan {
+    /// Items of sequences with one new token (`DECODE_ROWS` kernel).
+    pub decode: Vec<AttnCta>,
+    /// Items of sequences with several new tokens (`PREFILL_ROWS` kernel).
+    pub prefill: Vec<AttnCta>,
+    /// Splits of each (row, head), `[rows][H]`.
+    pub n_splits: Vec<i32>,
+    /// The largest entry of `n_splits`: the stride of the partials.
+    pub max_splits: usize,
+}
+
+/// Plans a step of `seqs` (rows `0..n_rows` in total) for `n_heads` query and `n_kv_heads` KV
+/// heads on a GPU of `n_sms` multiprocessors.
+pub fn plan(seqs: &[SeqDesc], n_rows: usize, n_heads: usize, n_kv_heads: usize, n_sms: usize) -> AttnPlan {
+    let g = n_heads / n_kv_heads.max(1);
+    let rows_of = |s: &SeqDesc| if s.n_tokens == 1 { DECODE_ROWS } else { PREFILL_ROWS };
+    let groups: usize = seqs.iter().map(|s| (s.n_tokens as usize * g).div_ceil(rows_of(s))).sum();
+    // Enough blocks for about two waves over the multiprocessors.
+    let target_blocks = 2 * n_sms.max(1);
+    let wanted_splits = target_blocks.div_ceil((groups * n_kv_heads).max(1)).clamp(1, MAX_SPLITS);
+
+    let mut out = AttnPlan { n_splits: vec![0; n_rows * n_heads], max_splits: 1, ..AttnPlan::default() };
+    for (si, s) in seqs.iter().enumerate() {
+        let rows = rows_of(s);
+        let n_flat = s.n_tokens as usize * g;
+        for f0 in (0..n_flat).step_by(rows) {
+            let f1 = (f0 + rows).min(n_flat);
+            let key_end = s.pos_start as usize + (f1 - 1) / g + 1;
+            let splits = wanted_splits.min(key_end.div_ceil(MIN_SPLIT_KEYS)).max(1);
+            let chunk = key_end.div_ceil(splits);
+            let splits = key_end.div_ceil(chunk);
+            out.max_splits = out.max_splits.max(splits);
+            let items = if rows == DECODE_ROWS { &mut out.decode } else { &mut out.prefill };
+            for split in 0..splits {
+                items.push(AttnCta {
+                    seq: si as i32,
+                    f0: f0 as i32,
+                    k0: (split * chunk) as i32,
+                    k1: ((split + 1) * chunk).min(key_end) as i32,
+                    split: split as i32,
+                });
+            }
+            for f in f0..f1 {
+                let row = s.row_start as usize + f / g;
+                for kvh in 0..n_kv_heads {
+                    out.n_splits[row * n_heads + kvh * g + f % g] = splits as i32;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Parameters of `attn_partial_*`: device pointers and sizes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AttnParams {
+    pub q: u64,
+    pub kv: u64,
+    pub page_ids: u64,
+    pub seqs: u64,
+    pub ctas: u64,
+    pub cos: u64,
+    pub sin: u64,
+    pub part_acc: u64,
+    pub part_ml: u64,
+    pub n_heads: i32,
+    pub n_kv_heads: i32,
+    pub n_layers: i32,
+    pub layer: i32,
+    pub page_size: i32,
+    pub rope_half: i32,
+    pub rope_adjacent: i32,
+    pub max_splits: i32,
+    pub scale: f32,
+    pub pad: i32,
+}
+const _: () = assert!(std::mem::size_of::<AttnParams>() == 112);
+
+// SAFETY: a plain #[repr(C)] struct of integers, mirrored field for field by the kernel's
+// `AttnParams`.
+unsafe impl cudarc::driver::DeviceRepr for AttnParams {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Checks the invariants the kernels rely on: every (row, head) of the step is covered by
+    /// exactly `n_splits` items whose key ranges tile its causal range, in split order.
+    fn check(seqs: &[SeqDesc], n_heads: usize, n_kv_heads: usize, n_sms: usize) -> AttnPlan {
+        let n_rows: usize = seqs.iter().map(|s| s.n_tokens as usize).sum();
+        let p = plan(seqs, n_rows, n_heads, n_kv_heads, n_sms);
+        let g = n_heads / n_kv_heads;
+        for (si, s) in seqs.iter().enumerate() {
+            let rows = if s.n_tokens == 1 { DECODE_ROWS } else { PREFILL_ROWS };
+            let items = if s.n_tokens == 1 { &p.decode } else { &p.prefill };
+            for f in 0..s.n_tokens as usize * g {
+                let t = f / g;
+                let mine: Vec<_> = items
+                    .iter()
+                    .filter(|c| c.seq == si as i32 && (c.f0 as usize..c.f0 as usize + rows).contains(&f))
+                    .collect();
+                let row = s.row_start as usize + t;
+                for kvh in 0..n_kv_heads {
+                    assert_eq!(p.n_splits[row * n_heads + kvh * g + f % g] as usize, mine.len());
+                }
+                assert!(mine.len() <= p.max_splits);
+                // Splits in order, contiguous from 0, covering at least the row's keys.
+                let mut next = 0;
+                for (i, c) in mine.iter().enumerate() {
+                    assert_eq!(c.split as usize, i);
+                    assert_eq!(c.k0, next);
+                    assert!(c.k1 > c.k0);
+                    next = c.k1;
+                }
+                assert!(next as usize > s.pos_start as usize + t, "row {f} of seq {si} misses its own key");
+            }
+        }
+        p
+    }
+
+    #[test]
+    fn decode_splits_long_contexts_and_not_short_ones() {
+        let seq = |pos| SeqDesc { row_start: 0, n_tokens: 1, pos_start: pos, page_start: 0 };
+        // SmolLM2 shapes: 9 heads, 3 KV heads. 8191 keys before the new one: 32 splits of 256.
+        let p = check(&[seq(8191)], 9, 3, 132);
+        assert_eq!(p.decode.len(), 32);
+        assert_eq!(p.max_splits, 32);
+        assert!(p.prefill.is_empty());
+        // A short context is one split.
+        let p = check(&[seq(10)], 9, 3, 132);
+        assert_eq!((p.decode.len(), p.max_splits), (1, 1));
+        // Llama-3.1-8B shapes, g = 4: still one block per token.
+        let p = check(&[seq(100_000)], 32, 8, 132);
+        assert_eq!(p.decode.len() % 33, 0, "{}", p.decode.len());
+    }
+
+    #[test]
+    fn mixed_batches_cover_every_row_and_head() {
+        let seqs = [
+            SeqDesc { row_start: 0, n_tokens: 1, pos_start: 5000, page_start: 0 },
+            SeqDesc { row_start: 1, n_tokens: 37, pos_start: 300, page_start: 80 },
+            SeqDesc { row_start: 38, n_tokens: 1, pos_start: 0, page_start: 90 },
+            SeqDesc { row_start: 39, n_tokens: 512, pos_start: 0, page_start: 91 },
+        ];
+        check(&seqs, 9, 3, 132);
+        check(&seqs, 32, 8, 132);
+        check(&seqs, 14, 2, 132);
+        check(&seqs, 8, 8, 1);
+    }
+}
