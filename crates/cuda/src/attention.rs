@@ -19,6 +19,8 @@ pub struct SeqDesc {
     pub page_start: i32,
 }
 const _: () = assert!(std::mem::size_of::<SeqDesc>() == 16);
+// SAFETY: plain #[repr(C)] integers, mirrored by the kernel's struct.
+unsafe impl cudarc::driver::DeviceRepr for SeqDesc {}
 
 /// One work item of `attn_partial`.
 #[repr(C)]
@@ -31,6 +33,8 @@ pub struct AttnCta {
     pub split: i32,
 }
 const _: () = assert!(std::mem::size_of::<AttnCta>() == 20);
+// SAFETY: plain #[repr(C)] integers, mirrored by the kernel's struct.
+unsafe impl cudarc::driver::DeviceRepr for AttnCta {}
 
 /// Flat rows per block of a decode step (one token: g rows, one warp each).
 pub const DECODE_ROWS: usize = 4;

@@ -44,9 +44,11 @@ pub fn include_dir() -> Result<PathBuf, CudaError> {
 pub fn nvrtc_version() -> Result<(i32, i32), CudaError> {
     let (mut major, mut minor): (c_int, c_int) = (0, 0);
     // SAFETY: both pointers are valid for writes; the caller checked that NVRTC is present.
-    unsafe { nvrtc_sys::nvrtcVersion(&mut major, &mut minor) }
-        .result()
-        .map_err(|source| CudaError::Nvrtc { module: "(version)", op: "nvrtcVersion", source })?;
+    unsafe { nvrtc_sys::nvrtcVersion(&mut major, &mut minor) }.result().map_err(|source| CudaError::Nvrtc {
+        module: "(version)",
+        op: "nvrtcVersion",
+        source,
+    })?;
     Ok((major, minor))
 }
 

@@ -20,7 +20,13 @@ pub(crate) const MODULES: [(ModuleSource, &[&str]); 2] = [
     (ELEMENTWISE, &["embed", "rms_norm", "add_assign", "add_bias", "swiglu", "gather_rows", "kv_write"]),
     (
         ATTENTION,
-        &["attn_partial_d64_r4", "attn_partial_d64_r16", "attn_partial_d128_r4", "attn_partial_d128_r16", "attn_combine"],
+        &[
+            "attn_partial_d64_r4",
+            "attn_partial_d64_r16",
+            "attn_partial_d128_r4",
+            "attn_partial_d128_r16",
+            "attn_combine",
+        ],
     ),
 ];
 
@@ -37,8 +43,8 @@ mod tests {
     fn every_listed_kernel_is_defined_in_its_module() {
         for (module, kernels) in MODULES {
             for k in kernels {
-                let defined = module.source.contains(&format!("void {k}(")) ||
-                    module.source.contains(&format!("__launch_bounds__(128) {k}("));
+                let defined = module.source.contains(&format!("void {k}("))
+                    || module.source.contains(&format!("__launch_bounds__(128) {k}("));
                 assert!(defined, "kernel {k} is not defined in module {}", module.name);
             }
         }

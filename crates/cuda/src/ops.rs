@@ -29,7 +29,8 @@ fn check_len<T>(kernel: &'static str, what: &str, buf: &CudaSlice<T>, need: usiz
 
 /// A size as the kernels' `int`.
 fn int(kernel: &'static str, what: &str, v: usize) -> Result<i32, CudaError> {
-    i32::try_from(v).map_err(|_| CudaError::Unsupported { kernel, what: format!("{what} = {v} exceeds the kernel's int") })
+    i32::try_from(v)
+        .map_err(|_| CudaError::Unsupported { kernel, what: format!("{what} = {v} exceeds the kernel's int") })
 }
 
 fn rows_grid(rows: usize, kernel: &'static str) -> Result<LaunchConfig, CudaError> {
@@ -142,7 +143,11 @@ impl Gpu {
     }
 
     /// Copies the first `len` elements of `src` to the host (waits for the stream).
-    pub fn download<T: DeviceRepr + Default + Clone>(&self, src: &CudaSlice<T>, len: usize) -> Result<Vec<T>, CudaError> {
+    pub fn download<T: DeviceRepr + Default + Clone>(
+        &self,
+        src: &CudaSlice<T>,
+        len: usize,
+    ) -> Result<Vec<T>, CudaError> {
         check_len("download", "the source", src, len)?;
         let mut out = vec![T::default(); len];
         if len > 0 {
@@ -292,7 +297,13 @@ impl Gpu {
     }
 
     /// `x[t][c] += bias[c]`.
-    pub fn add_bias(&self, x: &mut CudaSlice<bf16>, bias: &CudaSlice<f32>, rows: usize, cols: usize) -> Result<(), CudaError> {
+    pub fn add_bias(
+        &self,
+        x: &mut CudaSlice<bf16>,
+        bias: &CudaSlice<f32>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(), CudaError> {
         const K: &str = "add_bias";
         check_len(K, "x", x, rows * cols)?;
         check_len(K, "bias", bias, cols)?;
@@ -407,7 +418,10 @@ impl Gpu {
         const K: &str = "attention";
         let d = shape.head_dim;
         if !(d == 64 || d == 128) || d != geometry.head_dim {
-            return Err(CudaError::Unsupported { kernel: K, what: format!("head dimension {d} (64 and 128 are built)") });
+            return Err(CudaError::Unsupported {
+                kernel: K,
+                what: format!("head dimension {d} (64 and 128 are built)"),
+            });
         }
         if shape.n_kv_heads == 0 || shape.n_heads % shape.n_kv_heads != 0 || shape.n_kv_heads != geometry.n_kv_heads {
             return Err(CudaError::Unsupported {
@@ -416,7 +430,10 @@ impl Gpu {
             });
         }
         if layer >= geometry.n_layers || 2 * shape.rope_half > d {
-            return Err(CudaError::Unsupported { kernel: K, what: format!("layer {layer}, {} rotated pairs", shape.rope_half) });
+            return Err(CudaError::Unsupported {
+                kernel: K,
+                what: format!("layer {layer}, {} rotated pairs", shape.rope_half),
+            });
         }
         let width = shape.n_heads * d;
         let slots = step.n_rows * shape.n_heads * step.max_splits;
@@ -458,7 +475,9 @@ impl Gpu {
             pad: 0,
         };
         let kv_heads = shape.n_kv_heads as u32;
-        for (items, n, rows) in [(step.decode, step.n_decode, DECODE_ROWS), (step.prefill, step.n_prefill, PREFILL_ROWS)] {
+        for (items, n, rows) in
+            [(step.decode, step.n_decode, DECODE_ROWS), (step.prefill, step.n_prefill, PREFILL_ROWS)]
+        {
             if n == 0 {
                 continue;
             }
@@ -469,7 +488,8 @@ impl Gpu {
                 _ => "attn_partial_d128_r16",
             };
             params.ctas = addr(items);
-            let blocks = u32::try_from(n).map_err(|_| CudaError::Unsupported { kernel, what: format!("{n} work items") })?;
+            let blocks =
+                u32::try_from(n).map_err(|_| CudaError::Unsupported { kernel, what: format!("{n} work items") })?;
             let mut l = self.launch(kernel)?;
             l.args.arg(&params);
             let cfg = LaunchConfig { grid_dim: (blocks, kv_heads, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };

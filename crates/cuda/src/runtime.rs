@@ -84,7 +84,8 @@ impl Gpu {
         // SAFETY: called before any allocation or stream exists in this context.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(driver("creating a stream"))?;
-        let blas = CudaBlas::new(stream.clone()).map_err(|source| CudaError::Blas { op: "creating the handle", source })?;
+        let blas =
+            CudaBlas::new(stream.clone()).map_err(|source| CudaError::Blas { op: "creating the handle", source })?;
         let compute_capability = ctx.compute_capability().map_err(driver("reading the compute capability"))?;
         let multiprocessors = ctx
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
@@ -130,10 +131,10 @@ impl Gpu {
 
     /// Starts a launch of `kernel`; push its arguments on `.args`, then call `run`.
     pub(crate) fn launch(&self, kernel: &'static str) -> Result<Launch<'_>, CudaError> {
-        let func = self.functions.get(kernel).ok_or(CudaError::Unsupported {
-            kernel,
-            what: "no such kernel in the compiled modules".to_string(),
-        })?;
+        let func = self
+            .functions
+            .get(kernel)
+            .ok_or(CudaError::Unsupported { kernel, what: "no such kernel in the compiled modules".to_string() })?;
         Ok(Launch { gpu: self, kernel, args: self.stream.launch_builder(func) })
     }
 

@@ -27,4 +27,7 @@ pub enum EngineError {
     TokenOutOfRange { id: u32, vocab: usize },
     #[error("{what}")]
     InvalidRequest { what: String },
+    /// The CUDA backend (device, kernels, or a feature it does not have yet).
+    #[error(transparent)]
+    Cuda(#[from] infinihip_cuda::CudaError),
 }

@@ -7,6 +7,7 @@
 //! `[n_out, n_in]` matrices (GGUF row order), so `matmul` computes `Y = X · Wᵀ`.
 
 pub mod cpu;
+pub mod cuda;
 
 use std::sync::Arc;
 
@@ -138,6 +139,12 @@ pub trait Backend: Send + Sync {
 
     /// A zeroed activation matrix.
     fn new_act(&self, rows: usize, cols: usize) -> Result<Self::Act, EngineError>;
+    /// A zeroed activation matrix that holds f32 values whatever the backend's activation
+    /// precision: the logits, which sampling and tests compare closely. Only `matmul` (as its
+    /// output), `set_rows` and `to_host` need to accept it.
+    fn new_act_f32(&self, rows: usize, cols: usize) -> Result<Self::Act, EngineError> {
+        self.new_act(rows, cols)
+    }
     /// Reshapes within the allocation made by `new_act` (rows may shrink or grow up to it).
     fn set_rows(&self, act: &mut Self::Act, rows: usize) -> Result<(), EngineError>;
     /// Copies an activation matrix to host memory.

@@ -190,7 +190,7 @@ impl<B: Backend> Llama<B> {
             gate: b.new_act(max_rows, c.d_ff)?,
             up: b.new_act(max_rows, c.d_ff)?,
             picked: b.new_act(max_rows, c.d_model)?,
-            logits: b.new_act(max_rows, c.vocab_size)?,
+            logits: b.new_act_f32(max_rows, c.vocab_size)?,
             captured: Vec::new(),
         })
     }
