@@ -153,6 +153,13 @@ fn shape_err(op: &'static str, detail: String) -> EngineError {
     EngineError::Shape { op, detail }
 }
 
+fn check_host_len(values: &[f32], rows: usize, cols: usize) -> Result<(), EngineError> {
+    if values.len() != rows * cols {
+        return Err(shape_err("act_from_host", format!("{} values for {rows}×{cols}", values.len())));
+    }
+    Ok(())
+}
+
 fn check_same(op: &'static str, a: &CudaAct, b: &CudaAct) -> Result<(), EngineError> {
     if (a.rows, a.cols) != (b.rows, b.cols) {
         return Err(shape_err(op, format!("{}×{} vs {}×{}", a.rows, a.cols, b.rows, b.cols)));
@@ -183,16 +190,18 @@ impl CudaBackend {
         self.gpu.info()
     }
 
-    /// An activation matrix holding `values` (`[rows][cols]`, rounded to bf16): for tests and
-    /// tools that start from host data.
+    /// A bf16 activation matrix holding `values` (`[rows][cols]`, rounded to nearest): for
+    /// tests and tools that start from host data.
     pub fn act_from_host(&self, values: &[f32], rows: usize, cols: usize) -> Result<CudaAct, EngineError> {
-        if values.len() != rows * cols {
-            return Err(shape_err("act_from_host", format!("{} values for {rows}×{cols}", values.len())));
-        }
+        check_host_len(values, rows, cols)?;
         let host: Vec<bf16> = values.iter().map(|&v| bf16::from_f32(v)).collect();
-        let mut data = self.gpu.alloc_zeros::<bf16>(rows * cols)?;
-        self.gpu.upload_into(&host, &mut data)?;
-        Ok(CudaAct { data: ActData::Bf16(data), rows, cols })
+        Ok(CudaAct { data: ActData::Bf16(self.gpu.upload(&host)?), rows, cols })
+    }
+
+    /// As `act_from_host`, for an f32 matrix (the kind `new_act_f32` makes).
+    pub fn act_f32_from_host(&self, values: &[f32], rows: usize, cols: usize) -> Result<CudaAct, EngineError> {
+        check_host_len(values, rows, cols)?;
+        Ok(CudaAct { data: ActData::F32(self.gpu.upload(values)?), rows, cols })
     }
 
     fn cache(&self) -> Result<MutexGuard<'_, StepCache>, EngineError> {
