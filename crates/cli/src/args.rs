@@ -243,6 +243,10 @@ pub struct ModelPath {
 pub struct ModelArgs {
     #[command(flatten)]
     pub path: ModelPath,
+    /// Where to run: `cuda` (GPU 0), `cpu`, or `auto` (CUDA when a usable GPU is there and the
+    /// attention runs on it, the CPU otherwise; stderr says which and why).
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
     /// CPU threads [default: one per core]
     #[arg(long, short = 't', default_value_t = 0, hide_default_value = true)]
     pub threads: usize,
@@ -256,6 +260,14 @@ pub struct ModelArgs {
     /// length, or the prompt plus --max-tokens if that is longer]
     #[arg(long, value_name = "TOKENS")]
     pub ctx_size: Option<usize>,
+}
+
+/// `--device`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceChoice {
+    Auto,
+    Cpu,
+    Cuda,
 }
 
 /// Generation length and sampling.

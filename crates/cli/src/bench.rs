@@ -1,4 +1,5 @@
-//! `infinihip bench cpu`: prefill and decode speed on the CPU.
+//! `infinihip bench cpu`: prefill and decode speed of the whole model (on the CPU by default;
+//! `--device cuda` times the GPU backend the same way).
 //!
 //! Prefill: a fresh sequence takes `prompt_tokens` tokens of real text in chunks. Decode: then
 //! `gen_tokens` single-token steps, each feeding the greedy choice of the previous one (the
@@ -15,7 +16,7 @@ use serde::Serialize;
 
 use crate::args::ModelArgs;
 use crate::attention::{AttentionArgs, AttentionChoice};
-use crate::load::Opened;
+use crate::load::{with_engine, Opened};
 
 /// Deterministic filler text for the benchmark prompt.
 const FILLER: &str = "The history of the region is long and varied. Farmers settled the river valleys \
@@ -25,7 +26,7 @@ crops and new ideas, and the libraries of the towns grew with them. ";
 #[derive(Serialize)]
 struct BenchResult {
     model: String,
-    backend: &'static str,
+    backend: String,
     attention: String,
     threads: usize,
     prompt_tokens: usize,
@@ -71,62 +72,64 @@ pub fn cpu(
         bail!("--prompt-tokens and --reps must be at least 1");
     }
     let opened = Opened::new(&model.path)?;
-    let mut engine = opened.engine(model, prompt_tokens + gen_tokens + 1)?;
-    let unit = opened.tokenizer.encode(FILLER, false)?;
-    let prompt: Vec<u32> = unit.iter().copied().cycle().take(prompt_tokens).collect();
-    let threads = engine.model().backend().threads();
-    eprintln!(
-        "bench cpu: {prompt_tokens} prompt tokens, {gen_tokens} decode steps, {reps} repetitions, {threads} threads"
-    );
-
-    let (mut prefill, mut decode) = (Vec::new(), Vec::new());
-    for rep in 0..reps {
-        let mut seq = SeqKv::with_attention(&attention.mode(), engine.model().config().n_layers);
-        let t0 = Instant::now();
-        let logits = engine.feed(&mut seq, &prompt, LogitsWanted::Last, &mut |_, _| {})?;
-        let prefill_s = t0.elapsed().as_secs_f64();
-        let mut token = argmax(&logits);
-        let t1 = Instant::now();
-        for _ in 0..gen_tokens {
-            let logits = engine.feed(&mut seq, &[token], LogitsWanted::Last, &mut |_, _| {})?;
-            token = argmax(&logits);
-        }
-        let decode_s = t1.elapsed().as_secs_f64();
-        engine.release(&mut seq);
-        prefill.push(prompt_tokens as f64 / prefill_s);
-        if gen_tokens > 0 {
-            decode.push(gen_tokens as f64 / decode_s);
-        }
+    with_engine!(opened, model, &attention, prompt_tokens + gen_tokens + 1, |engine, device| {
+        let unit = opened.tokenizer.encode(FILLER, false)?;
+        let prompt: Vec<u32> = unit.iter().copied().cycle().take(prompt_tokens).collect();
+        let threads = device.threads;
         eprintln!(
-            "  rep {}: prefill {:.1} tokens/s, decode {:.1} tokens/s",
-            rep + 1,
-            prefill[rep],
-            decode.last().copied().unwrap_or(f64::NAN)
+            "bench: {prompt_tokens} prompt tokens, {gen_tokens} decode steps, {reps} repetitions, on {}",
+            device.label
         );
-    }
-    let result = BenchResult {
-        model: opened.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-        backend: "cpu",
-        attention: attention.label(),
-        threads,
-        prompt_tokens,
-        gen_tokens,
-        reps,
-        prefill_median: median(&prefill),
-        decode_median: median(&decode),
-        prefill_tokens_per_s: prefill,
-        decode_tokens_per_s: decode,
-        commit: env!("INFINIHIP_COMMIT"),
-    };
-    println!("| backend | attention | threads | prompt | prefill tokens/s | decode tokens/s |");
-    println!("|---|---|---|---|---|---|");
-    println!(
-        "| infinihip cpu | {} | {threads} | {prompt_tokens} | {:.1} | {:.1} |",
-        result.attention, result.prefill_median, result.decode_median
-    );
-    if let Some(path) = json {
-        let text = serde_json::to_string_pretty(&result).context("rendering JSON")?;
-        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
-    }
+
+        let (mut prefill, mut decode) = (Vec::new(), Vec::new());
+        for rep in 0..reps {
+            let mut seq = SeqKv::with_attention(&attention.mode(), engine.model().config().n_layers);
+            let t0 = Instant::now();
+            let logits = engine.feed(&mut seq, &prompt, LogitsWanted::Last, &mut |_, _| {})?;
+            let prefill_s = t0.elapsed().as_secs_f64();
+            let mut token = argmax(&logits);
+            let t1 = Instant::now();
+            for _ in 0..gen_tokens {
+                let logits = engine.feed(&mut seq, &[token], LogitsWanted::Last, &mut |_, _| {})?;
+                token = argmax(&logits);
+            }
+            let decode_s = t1.elapsed().as_secs_f64();
+            engine.release(&mut seq);
+            prefill.push(prompt_tokens as f64 / prefill_s);
+            if gen_tokens > 0 {
+                decode.push(gen_tokens as f64 / decode_s);
+            }
+            eprintln!(
+                "  rep {}: prefill {:.1} tokens/s, decode {:.1} tokens/s",
+                rep + 1,
+                prefill[rep],
+                decode.last().copied().unwrap_or(f64::NAN)
+            );
+        }
+        let result = BenchResult {
+            model: opened.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            backend: device.label.clone(),
+            attention: attention.label(),
+            threads,
+            prompt_tokens,
+            gen_tokens,
+            reps,
+            prefill_median: median(&prefill),
+            decode_median: median(&decode),
+            prefill_tokens_per_s: prefill,
+            decode_tokens_per_s: decode,
+            commit: env!("INFINIHIP_COMMIT"),
+        };
+        println!("| backend | attention | prompt | prefill tokens/s | decode tokens/s |");
+        println!("|---|---|---|---|---|");
+        println!(
+            "| infinihip {} | {} | {prompt_tokens} | {:.1} | {:.1} |",
+            device.label, result.attention, result.prefill_median, result.decode_median
+        );
+        if let Some(path) = json {
+            let text = serde_json::to_string_pretty(&result).context("rendering JSON")?;
+            std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        }
+    });
     Ok(())
 }

@@ -7,14 +7,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 use infinihip_core::chat::ChatMessage;
 use infinihip_core::model_config::ModelConfig;
 use infinihip_core::sampling::Sampler;
-use infinihip_engine::backend::cpu::CpuBackend;
+use infinihip_engine::backend::Backend;
 use infinihip_engine::generate::{FinishReason, Flow, GenerateOptions, GenerationStats, Session};
 use infinihip_engine::text::TextStreamer;
 use infinihip_engine::Engine;
 
 use crate::args::{GenArgs, ModelArgs};
 use crate::attention::{AttentionArgs, AttentionChoice, AttentionKind};
-use crate::load::Opened;
+use crate::load::{with_engine, Opened};
 
 /// How many positions the KV pool gets: `--ctx-size`, else the model's context or what this
 /// prompt and reply need, whichever is more. Warns when dense attention will run past the
@@ -48,9 +48,9 @@ fn generate_options(opened: &Opened, gen: &GenArgs) -> GenerateOptions {
 }
 
 /// Streams one generation to stdout. Returns its statistics.
-fn stream_reply(
+fn stream_reply<B: Backend>(
     opened: &Opened,
-    engine: &mut Engine<CpuBackend>,
+    engine: &mut Engine<B>,
     session: &mut Session,
     prompt: &[u32],
     gen: &GenArgs,
@@ -171,14 +171,16 @@ pub fn run(
     messages.push(ChatMessage::new("user", prompt));
     let text = opened.template.render(&messages, true)?;
     let ids = opened.tokenizer.encode(&text, true)?;
-    let mut engine = opened.engine(model, context_tokens(&opened, model, &attention, ids.len() + gen.max_tokens)?)?;
-    let mut session = Session::with_attention(&attention.mode(), engine.model().config().n_layers);
-    let mut sampler = sampler(gen)?;
-    let (stats, reply) = stream_reply(&opened, &mut engine, &mut session, &ids, gen, &mut sampler)?;
-    if !reply.ends_with('\n') {
-        println!();
-    }
-    print_stats(&stats, gen);
+    let ctx = context_tokens(&opened, model, &attention, ids.len() + gen.max_tokens)?;
+    with_engine!(opened, model, &attention, ctx, |engine, _device| {
+        let mut session = Session::with_attention(&attention.mode(), engine.model().config().n_layers);
+        let mut sampler = sampler(gen)?;
+        let (stats, reply) = stream_reply(&opened, &mut engine, &mut session, &ids, gen, &mut sampler)?;
+        if !reply.ends_with('\n') {
+            println!();
+        }
+        print_stats(&stats, gen);
+    });
     Ok(())
 }
 
@@ -190,12 +192,14 @@ pub fn complete(text: &str, special: bool, model: &ModelArgs, gen: &GenArgs, att
     if ids.is_empty() {
         bail!("the text to complete is empty");
     }
-    let mut engine = opened.engine(model, context_tokens(&opened, model, &attention, ids.len() + gen.max_tokens)?)?;
-    let mut session = Session::with_attention(&attention.mode(), engine.model().config().n_layers);
-    let mut sampler = sampler(gen)?;
-    let (stats, _) = stream_reply(&opened, &mut engine, &mut session, &ids, gen, &mut sampler)?;
-    println!();
-    print_stats(&stats, gen);
+    let ctx = context_tokens(&opened, model, &attention, ids.len() + gen.max_tokens)?;
+    with_engine!(opened, model, &attention, ctx, |engine, _device| {
+        let mut session = Session::with_attention(&attention.mode(), engine.model().config().n_layers);
+        let mut sampler = sampler(gen)?;
+        let (stats, _) = stream_reply(&opened, &mut engine, &mut session, &ids, gen, &mut sampler)?;
+        println!();
+        print_stats(&stats, gen);
+    });
     Ok(())
 }
 
@@ -208,50 +212,51 @@ pub fn chat(system: Option<&str>, model: &ModelArgs, gen: &GenArgs, attention: &
     let native = ModelConfig::from_metadata(opened.file.metadata(), None)?.context_length;
     let ctx = model.ctx_size.unwrap_or(native);
     warn_past_native(&attention, ctx, native);
-    let mut engine = opened.engine(model, ctx)?;
-    let mut sampler = sampler(gen)?;
-    let mut session = Session::with_attention(&attention.mode(), engine.model().config().n_layers);
-    let mut messages = chat_messages(system);
-    let interactive = std::io::stdin().is_terminal();
-    if interactive {
-        eprintln!("infinihip chat: type a message; /reset starts over, /exit or Ctrl-D quits.");
-    }
-    let stdin = std::io::stdin();
-    let mut lines = stdin.lock().lines();
-    loop {
+    with_engine!(opened, model, &attention, ctx, |engine, _device| {
+        let mut sampler = sampler(gen)?;
+        let mut session = Session::with_attention(&attention.mode(), engine.model().config().n_layers);
+        let mut messages = chat_messages(system);
+        let interactive = std::io::stdin().is_terminal();
         if interactive {
-            eprint!("> ");
+            eprintln!("infinihip chat: type a message; /reset starts over, /exit or Ctrl-D quits.");
         }
-        let Some(line) = lines.next() else { break };
-        let line = line.context("reading stdin")?;
-        let input = line.trim();
-        match input {
-            "" => continue,
-            "/exit" | "/quit" => break,
-            "/reset" => {
-                messages = chat_messages(system);
-                session.release(&mut engine);
-                eprintln!("(conversation reset)");
+        let stdin = std::io::stdin();
+        let mut lines = stdin.lock().lines();
+        loop {
+            if interactive {
+                eprint!("> ");
+            }
+            let Some(line) = lines.next() else { break };
+            let line = line.context("reading stdin")?;
+            let input = line.trim();
+            match input {
+                "" => continue,
+                "/exit" | "/quit" => break,
+                "/reset" => {
+                    messages = chat_messages(system);
+                    session.release(&mut engine);
+                    eprintln!("(conversation reset)");
+                    continue;
+                }
+                _ => {}
+            }
+            messages.push(ChatMessage::new("user", input));
+            let text = opened.template.render(&messages, true)?;
+            let ids = opened.tokenizer.encode(&text, true)?;
+            if ids.len() + gen.max_tokens > ctx {
+                messages.pop();
+                eprintln!(
+                    "infinihip: the conversation would need {} tokens, more than the context of {ctx}; \
+                     /reset, or restart with a larger --ctx-size",
+                    ids.len() + gen.max_tokens
+                );
                 continue;
             }
-            _ => {}
+            let (stats, reply) = stream_reply(&opened, &mut engine, &mut session, &ids, gen, &mut sampler)?;
+            println!();
+            print_stats(&stats, gen);
+            messages.push(ChatMessage::new("assistant", reply.trim()));
         }
-        messages.push(ChatMessage::new("user", input));
-        let text = opened.template.render(&messages, true)?;
-        let ids = opened.tokenizer.encode(&text, true)?;
-        if ids.len() + gen.max_tokens > ctx {
-            messages.pop();
-            eprintln!(
-                "infinihip: the conversation would need {} tokens, more than the context of {ctx}; \
-                 /reset, or restart with a larger --ctx-size",
-                ids.len() + gen.max_tokens
-            );
-            continue;
-        }
-        let (stats, reply) = stream_reply(&opened, &mut engine, &mut session, &ids, gen, &mut sampler)?;
-        println!();
-        print_stats(&stats, gen);
-        messages.push(ChatMessage::new("assistant", reply.trim()));
-    }
+    });
     Ok(())
 }

@@ -11,10 +11,13 @@ use infinihip_core::gguf::GgufFile;
 use infinihip_core::model_store::{self, FetchEvent};
 use infinihip_core::tokenizer::Tokenizer;
 use infinihip_engine::backend::cpu::CpuBackend;
+use infinihip_engine::backend::cuda::CudaBackend;
+use infinihip_engine::backend::Backend;
 use infinihip_engine::model::llama::Llama;
 use infinihip_engine::{Engine, EngineOptions};
 
-use crate::args::{ModelArgs, ModelPath};
+use crate::args::{DeviceChoice, ModelArgs, ModelPath};
+use crate::attention::AttentionChoice;
 
 /// Resolves `--model` / `$INFINIHIP_MODEL` / the default model, fetching the default with a
 /// progress display on stderr.
@@ -54,9 +57,8 @@ impl Opened {
         Ok(Self { path, file, tokenizer, template })
     }
 
-    /// Loads the weights on the CPU with a KV pool of `ctx_tokens` positions.
-    pub fn engine(&self, args: &ModelArgs, ctx_tokens: usize) -> Result<Engine<CpuBackend>> {
-        let backend = CpuBackend::new(args.threads)?;
+    /// Loads the weights on `backend` with a KV pool of `ctx_tokens` positions.
+    pub fn engine<B: Backend>(&self, backend: B, args: &ModelArgs, ctx_tokens: usize) -> Result<Engine<B>> {
         let model =
             Llama::load(self.file.clone(), backend).with_context(|| format!("loading {}", self.path.display()))?;
         let options = EngineOptions {
@@ -67,6 +69,84 @@ impl Opened {
         Ok(Engine::new(model, options)?)
     }
 }
+
+/// The backend a command runs on, as `--device` chose it.
+pub enum Chosen {
+    Cpu(CpuBackend),
+    Cuda(CudaBackend),
+}
+
+/// What a command reports about its backend.
+pub struct DeviceSummary {
+    /// `cpu (8 threads)`, `cuda (NVIDIA H100 80GB HBM3, sm_90a)`.
+    pub label: String,
+    /// CPU threads; 0 on a GPU.
+    pub threads: usize,
+}
+
+impl Chosen {
+    pub fn summary(&self) -> DeviceSummary {
+        match self {
+            Chosen::Cpu(b) => DeviceSummary { label: format!("cpu ({} threads)", b.threads()), threads: b.threads() },
+            Chosen::Cuda(b) => {
+                DeviceSummary { label: format!("cuda ({}, {})", b.device().name, b.device().arch), threads: 0 }
+            }
+        }
+    }
+}
+
+/// Opens the backend `--device` asks for. `auto` takes CUDA device 0 when it works and the
+/// attention runs there (HiP does not yet), and the CPU otherwise, saying which and why on
+/// stderr; `cuda` fails with the reason instead of falling back.
+pub fn choose_backend(args: &ModelArgs, attention: &AttentionChoice) -> Result<Chosen> {
+    let cpu = || -> Result<Chosen> { Ok(Chosen::Cpu(CpuBackend::new(args.threads)?)) };
+    match args.device {
+        DeviceChoice::Cpu => cpu(),
+        DeviceChoice::Cuda if attention.hip.is_some() => {
+            anyhow::bail!(
+                "--device cuda: HiP attention is not implemented on CUDA yet (use --device cpu, or --attention dense)"
+            )
+        }
+        DeviceChoice::Cuda => Ok(Chosen::Cuda(CudaBackend::new(0).context("--device cuda")?)),
+        DeviceChoice::Auto if attention.hip.is_some() => {
+            eprintln!("infinihip: using the CPU: HiP attention is not implemented on CUDA yet");
+            cpu()
+        }
+        DeviceChoice::Auto => match CudaBackend::new(0) {
+            Ok(b) => {
+                let d = b.device();
+                eprintln!("infinihip: using CUDA device {} ({}, {})", d.ordinal, d.name, d.arch);
+                Ok(Chosen::Cuda(b))
+            }
+            Err(e) => {
+                eprintln!("infinihip: using the CPU: no usable CUDA device ({e})");
+                cpu()
+            }
+        },
+    }
+}
+
+/// Runs `$body` with `$engine` bound to a mutable engine on the backend `--device` chose
+/// (the body is compiled once per backend type) and `$device` to its `DeviceSummary`.
+macro_rules! with_engine {
+    ($opened:expr, $args:expr, $attention:expr, $ctx:expr, |$engine:ident, $device:ident| $body:block) => {{
+        let chosen = $crate::load::choose_backend($args, $attention)?;
+        let $device = chosen.summary();
+        match chosen {
+            $crate::load::Chosen::Cpu(b) => {
+                #[allow(unused_mut)]
+                let mut $engine = $opened.engine(b, $args, $ctx)?;
+                $body
+            }
+            $crate::load::Chosen::Cuda(b) => {
+                #[allow(unused_mut)]
+                let mut $engine = $opened.engine(b, $args, $ctx)?;
+                $body
+            }
+        }
+    }};
+}
+pub(crate) use with_engine;
 
 /// Shows pip's output and the extraction progress while the default model is fetched.
 #[derive(Default)]

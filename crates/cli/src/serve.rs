@@ -14,7 +14,7 @@ use infinihip_server::{ApiConfig, ServerConfig};
 
 use crate::args::{ModelArgs, ServeArgs};
 use crate::attention::{AttentionArgs, AttentionChoice};
-use crate::load::Opened;
+use crate::load::{with_engine, Opened};
 
 /// KV pool size when `--kv-tokens` is not given, in contexts.
 const DEFAULT_KV_CONTEXTS: usize = 4;
@@ -48,34 +48,35 @@ pub fn serve(args: &ServeArgs, model: &ModelArgs, attention: &AttentionArgs) -> 
              attention there degrades (--attention hip stays within it)"
         );
     }
-    let engine = opened.engine(model, kv_tokens)?;
-    let threads = engine.model().backend().threads();
-    let config = ServerConfig {
-        api: ApiConfig {
-            model_name: model_name(&opened.path),
-            context_tokens,
-            default_max_tokens: args.default_max_tokens,
-            api_key: args.api_key.clone().filter(|k| !k.is_empty()),
-            max_body_bytes: args.max_body_bytes,
-            default_attention: attention.mode(),
-        },
-        scheduler: SchedulerOptions {
-            max_running: args.max_running.unwrap_or(DEFAULT_MAX_RUNNING.min(model.prefill_chunk)),
-            max_waiting: args.max_queue,
-            step_tokens: model.prefill_chunk,
-        },
-    };
-    let name = config.api.model_name.clone();
-    let keyed = config.api.api_key.is_some();
-    let router = infinihip_server::app(engine, opened.tokenizer, opened.template, config)?;
-    let addr = SocketAddr::new(args.host, args.port);
-    infinihip_server::run(router, addr, args.max_connections, |bound| {
-        eprintln!(
-            "infinihip: serving {name} on http://{bound}/v1 ({} attention, context {context_tokens}, KV {kv_tokens} \
-             tokens, {threads} threads{})",
-            attention.label(),
-            if keyed { ", API key required" } else { "" }
-        );
+    with_engine!(opened, model, &attention, kv_tokens, |engine, device| {
+        let config = ServerConfig {
+            api: ApiConfig {
+                model_name: model_name(&opened.path),
+                context_tokens,
+                default_max_tokens: args.default_max_tokens,
+                api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+                max_body_bytes: args.max_body_bytes,
+                default_attention: attention.mode(),
+            },
+            scheduler: SchedulerOptions {
+                max_running: args.max_running.unwrap_or(DEFAULT_MAX_RUNNING.min(model.prefill_chunk)),
+                max_waiting: args.max_queue,
+                step_tokens: model.prefill_chunk,
+            },
+        };
+        let name = config.api.model_name.clone();
+        let keyed = config.api.api_key.is_some();
+        let router = infinihip_server::app(engine, opened.tokenizer, opened.template, config)?;
+        let addr = SocketAddr::new(args.host, args.port);
+        infinihip_server::run(router, addr, args.max_connections, |bound| {
+            eprintln!(
+                "infinihip: serving {name} on http://{bound}/v1 ({} attention, context {context_tokens}, KV {kv_tokens} \
+                 tokens, {}{})",
+                attention.label(),
+                device.label,
+                if keyed { ", API key required" } else { "" }
+            );
+        })
+        .context("the server stopped")
     })
-    .context("the server stopped")
 }

@@ -52,11 +52,13 @@ pub fn check_libraries() -> Result<(), CudaError> {
     Ok(())
 }
 
-/// The first few file names cudarc tries for a library, for the error message.
+/// The Linux file names cudarc tries for a library (`libX.so`, `libX.so.13`, …), for the
+/// error message.
 fn candidates(stem: &str) -> String {
-    let mut names = cudarc::get_lib_name_candidates(stem);
+    let prefix = format!("lib{stem}.so");
+    let mut names: Vec<String> =
+        cudarc::get_lib_name_candidates(stem).into_iter().filter(|n| n.starts_with(&prefix)).collect();
     names.dedup();
-    names.truncate(4);
     names.join(", ")
 }
 

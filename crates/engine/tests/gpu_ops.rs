@@ -232,7 +232,12 @@ fn matmul_and_embed_match_cpu() {
         let mut eg = poisoned(&cuda, rows, n_in);
         cpu.embed(&wc, &tokens, &mut ec).expect("cpu embed");
         cuda.embed(&wg, &tokens, &mut eg).expect("gpu embed");
-        assert_close(&format!("embed {rows} rows of {n_out}×{n_in}"), &cuda.to_host(&eg).expect("dl"), ec.as_slice(), REL_TOL);
+        assert_close(
+            &format!("embed {rows} rows of {n_out}×{n_in}"),
+            &cuda.to_host(&eg).expect("dl"),
+            ec.as_slice(),
+            REL_TOL,
+        );
         let err = cuda.embed(&wg, &[n_out as u32], &mut poisoned(&cuda, 1, n_in)).unwrap_err();
         assert!(matches!(err, EngineError::TokenOutOfRange { .. }), "{err}");
     }
@@ -267,7 +272,13 @@ fn plan_step(seqs: &[(usize, usize)], page_size: usize, rng: &mut Rng) -> (Batch
         let page_start = plan.page_ids.len();
         let pages = (n + cached).div_ceil(page_size);
         plan.page_ids.extend(ids[page_start..page_start + pages].iter().map(|&p| PageId(p)));
-        plan.seqs.push(SeqSlice { row_start: row, n_tokens: n, pos_start: cached, page_start, page_end: page_start + pages });
+        plan.seqs.push(SeqSlice {
+            row_start: row,
+            n_tokens: n,
+            pos_start: cached,
+            page_start,
+            page_end: page_start + pages,
+        });
         row += n;
     }
     (plan, total_pages)

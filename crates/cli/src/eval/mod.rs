@@ -31,13 +31,13 @@ use anyhow::{bail, Context, Result};
 use infinihip_core::model_config::ModelConfig;
 use infinihip_core::sampling::{Sampler, SamplingParams};
 use infinihip_core::tokenizer::Tokenizer;
-use infinihip_engine::backend::cpu::CpuBackend;
+use infinihip_engine::backend::Backend;
 use infinihip_engine::generate::{FinishReason, Flow, GenerateOptions, Session};
 use infinihip_engine::Engine;
 
 use crate::args::EvalArgs;
 use crate::attention::{AttentionChoice, AttentionKind};
-use crate::load::Opened;
+use crate::load::{with_engine, Opened};
 use haystack::{Haystack, HaystackKind};
 use niah::{NiahOptions, NiahVariant};
 use options::{flag_name, length_label, trial_depths, PromptFormat};
@@ -168,46 +168,47 @@ fn run(task: Task, haystack: HaystackKind, args: &EvalArgs) -> Result<()> {
     }
 
     let planned = plan(task, haystack, args, &opened, &depths)?;
-    let mut engine = opened.engine(&args.model, ctx_tokens)?;
-    eprintln!(
-        "eval {}: {} length(s) × {} trials, {} attention, {} format, KV pool of {ctx_tokens} tokens",
-        task.name(),
-        lengths.len(),
-        args.trials,
-        attention.label(),
-        flag_name(args.format),
-    );
-    let generate = GenerateOptions { max_tokens: max_new_tokens, stop_ids: opened.tokenizer.stop_ids().to_vec() };
-    let session = Session::with_attention(&attention.mode(), engine.model().config().n_layers);
-    let mut runner = Runner { engine: &mut engine, session, tokenizer: &opened.tokenizer, generate };
-    let mut progress = Progress { done: 0, total: planned.len() };
-    let mut results = Vec::with_capacity(lengths.len());
-    for cases in planned.chunk_by(|a, b| a.length == b.length) {
-        results.push(runner.run_length(cases, &attention, &mut progress)?);
-    }
-    runner.session.release(runner.engine);
+    with_engine!(opened, &args.model, &attention, ctx_tokens, |engine, _device| {
+        eprintln!(
+            "eval {}: {} length(s) × {} trials, {} attention, {} format, KV pool of {ctx_tokens} tokens",
+            task.name(),
+            lengths.len(),
+            args.trials,
+            attention.label(),
+            flag_name(args.format),
+        );
+        let generate = GenerateOptions { max_tokens: max_new_tokens, stop_ids: opened.tokenizer.stop_ids().to_vec() };
+        let session = Session::with_attention(&attention.mode(), engine.model().config().n_layers);
+        let mut runner = Runner { engine: &mut engine, session, tokenizer: &opened.tokenizer, generate };
+        let mut progress = Progress { done: 0, total: planned.len() };
+        let mut results = Vec::with_capacity(lengths.len());
+        for cases in planned.chunk_by(|a, b| a.length == b.length) {
+            results.push(runner.run_length(cases, &attention, &mut progress)?);
+        }
+        runner.session.release(runner.engine);
 
-    let report = Report {
-        task: task.name(),
-        variant: task.variant(),
-        haystack,
-        needles: task.needles(),
-        model: opened.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-        seed: args.seed,
-        format: args.format,
-        max_new_tokens,
-        native_context_tokens: native,
-        ctx_tokens,
-        commit: env!("INFINIHIP_COMMIT"),
-        results,
-    };
-    print!("{}", report.table());
-    if let Some(path) = &args.json {
-        report.write_json(path)?;
-    }
-    if let Some(path) = &args.plot {
-        std::fs::write(path, svg::plot(&report)).with_context(|| format!("writing {}", path.display()))?;
-    }
+        let report = Report {
+            task: task.name(),
+            variant: task.variant(),
+            haystack,
+            needles: task.needles(),
+            model: opened.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            seed: args.seed,
+            format: args.format,
+            max_new_tokens,
+            native_context_tokens: native,
+            ctx_tokens,
+            commit: env!("INFINIHIP_COMMIT"),
+            results,
+        };
+        print!("{}", report.table());
+        if let Some(path) = &args.json {
+            report.write_json(path)?;
+        }
+        if let Some(path) = &args.plot {
+            std::fs::write(path, svg::plot(&report)).with_context(|| format!("writing {}", path.display()))?;
+        }
+    });
     Ok(())
 }
 
@@ -232,8 +233,8 @@ fn plan(task: Task, haystack: HaystackKind, args: &EvalArgs, opened: &Opened, de
 }
 
 /// The engine, the one session every case goes through, and generation settings.
-struct Runner<'a> {
-    engine: &'a mut Engine<CpuBackend>,
+struct Runner<'a, B: Backend> {
+    engine: &'a mut Engine<B>,
     session: Session,
     tokenizer: &'a Tokenizer,
     generate: GenerateOptions,
@@ -245,7 +246,7 @@ struct Progress {
     total: usize,
 }
 
-impl Runner<'_> {
+impl<B: Backend> Runner<'_, B> {
     /// Runs the trials of one length, deepest needle first (see the module doc); the result
     /// lists them in trial order.
     fn run_length(
