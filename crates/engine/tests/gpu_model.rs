@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use infinihip_core::gguf::GgufFile;
+use infinihip_engine::backend::cpu::CpuBackend;
 use infinihip_engine::backend::cuda::CudaBackend;
+use infinihip_engine::backend::Backend;
 use infinihip_engine::kv::SeqKv;
 use infinihip_engine::model::llama::Llama;
 use infinihip_engine::{Engine, EngineOptions, LogitsWanted, StepInput};
@@ -48,9 +50,13 @@ struct LongCase {
     top10_logits: Vec<Vec<f32>>,
 }
 
+/// The fixture, found from the source tree this test was built in, else from the current
+/// directory (a test binary carried to another checkout and run from its root).
 fn fixture() -> Fixture {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/smollm2-135m-instruct-q4_1.json");
-    let text = std::fs::read_to_string(path).expect("the fixture is in testdata/");
+    const FILE: &str = "testdata/smollm2-135m-instruct-q4_1.json";
+    let built = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join(FILE);
+    let path = if built.is_file() { built } else { PathBuf::from(FILE) };
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("the fixture {}: {e}", path.display()));
     serde_json::from_str(&text).expect("the fixture parses")
 }
 
@@ -85,9 +91,9 @@ fn model_path() -> PathBuf {
     path
 }
 
-fn engine(backend: CudaBackend, prefill_chunk: usize, page_size: usize) -> Engine<CudaBackend> {
+fn engine<B: Backend>(backend: B, prefill_chunk: usize, page_size: usize) -> Engine<B> {
     let file = Arc::new(GgufFile::open(model_path()).expect("the model opens"));
-    let model = Llama::load(file, backend).expect("the model loads on the GPU");
+    let model = Llama::load(file, backend).expect("the model loads");
     Engine::new(model, EngineOptions { page_size, prefill_chunk, kv_capacity_tokens: 2048 }).expect("engine")
 }
 
@@ -201,4 +207,36 @@ fn gpu_decode_steps_equal_prefill_and_are_timed() {
          tokens of context {decode_ms:.3} ms; decode vs prefill logits: worst relative difference {worst:.2e}"
     );
     assert!(worst <= REL_TOLERANCE, "decode and prefill logits differ by {worst:.3e} (relative)");
+}
+
+#[test]
+fn gpu_layers_track_the_cpu() {
+    // Each layer's attention queries on the GPU against the CPU's on the same tokens: the first
+    // layer that drifts names where a discrepancy enters.
+    let Some(backend) = gpu() else { return };
+    let fx = fixture();
+    let ids = &fx.logits[0].ids;
+    let mut gpu = engine(backend, 64, 16);
+    let mut cpu = engine(CpuBackend::new(0).expect("cpu"), 64, 16);
+    let layers: Vec<usize> = (0..gpu.model().config().n_layers).collect();
+    let mut queries = Vec::new();
+    gpu.workspace_mut().capture_queries(&layers);
+    cpu.workspace_mut().capture_queries(&layers);
+    let (mut sg, mut sc) = (SeqKv::new(), SeqKv::new());
+    let lg = gpu.feed(&mut sg, ids, LogitsWanted::Last, &mut |_, _| {}).expect("gpu forward");
+    let lc = cpu.feed(&mut sc, ids, LogitsWanted::Last, &mut |_, _| {}).expect("cpu forward");
+    for &l in &layers {
+        let (qg, qc) =
+            (gpu.workspace_mut().captured_queries(l).to_vec(), cpu.workspace_mut().captured_queries(l).to_vec());
+        let finite = qg.iter().all(|v| v.is_finite());
+        let rel = relative_error(&qg, &qc);
+        eprintln!("layer {l}: queries relative error {rel:.2e}{}", if finite { "" } else { " (non-finite values)" });
+        queries.push((l, rel, finite));
+    }
+    let rel = relative_error(&lg, &lc);
+    eprintln!("last-position logits: relative error {rel:.2e}");
+    for (l, rel, finite) in queries {
+        assert!(finite && rel <= 5e-2, "layer {l}: GPU queries differ from the CPU's by {rel:.3e}");
+    }
+    assert!(rel <= REL_TOLERANCE, "logits differ from the CPU's by {rel:.3e}");
 }
