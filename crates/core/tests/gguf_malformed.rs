@@ -429,7 +429,7 @@ fn judge(caught: std::thread::Result<Result<Option<String>, GgufError>>, input_l
 
 /// The first broken promise of a successfully parsed header, if any.
 fn header_problem(h: &GgufHeader, file_len: u64) -> Option<String> {
-    if !h.alignment().is_power_of_two() || h.data_offset() % h.alignment() != 0 {
+    if !h.alignment().is_power_of_two() || !h.data_offset().is_multiple_of(h.alignment()) {
         return Some(format!("alignment {} / data offset {}", h.alignment(), h.data_offset()));
     }
     let mut ranges = Vec::new();

@@ -17,8 +17,6 @@ pub enum EngineError {
     Kv(#[from] KvError),
     #[error("HiP attention: {0}")]
     Hip(#[from] HipError),
-    #[error("tensor `{tensor}` has type {ty}, which this build cannot compute with")]
-    UnsupportedTensorType { tensor: String, ty: &'static str },
     #[error("tensor `{tensor}` has shape {found:?}, expected {expected:?}")]
     TensorShape { tensor: String, found: Vec<u64>, expected: Vec<u64> },
     #[error("{op}: shape mismatch: {detail}")]

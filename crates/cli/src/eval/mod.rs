@@ -124,7 +124,7 @@ fn run(task: Task, haystack: HaystackKind, args: &EvalArgs) -> Result<()> {
     let attention = AttentionChoice::new(&args.attention)?;
     let depths = trial_depths(args.trials, args.depths.as_ref());
     if let Some(given) = &args.depths {
-        if args.trials % given.0.len() != 0 {
+        if !args.trials.is_multiple_of(given.0.len()) {
             eprintln!(
                 "infinihip: note: {} trials over {} depths: some depths get one trial more than others",
                 args.trials,

@@ -131,9 +131,9 @@ pub fn flag_name<T: ValueEnum>(value: T) -> String {
 /// A length for people: `2K`, `1M`, or the plain number when it is not a whole multiple.
 pub fn length_label(tokens: usize) -> String {
     const M: usize = 1024 * 1024;
-    if tokens >= M && tokens % M == 0 {
+    if tokens >= M && tokens.is_multiple_of(M) {
         format!("{}M", tokens / M)
-    } else if tokens >= 1024 && tokens % 1024 == 0 {
+    } else if tokens >= 1024 && tokens.is_multiple_of(1024) {
         format!("{}K", tokens / 1024)
     } else {
         tokens.to_string()

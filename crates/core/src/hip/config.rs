@@ -324,7 +324,7 @@ impl HipConfig {
         let block_k = self.block_k();
         let last_in = self.stage_k.last().copied();
         let check_final = |field: &'static str, k: usize| {
-            if k == 0 || k % block_k != 0 {
+            if k == 0 || !k.is_multiple_of(block_k) {
                 return bad(field, format!("{k} is not a positive multiple of block_k = {block_k}"));
             }
             match last_in {

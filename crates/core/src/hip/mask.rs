@@ -109,7 +109,7 @@ impl Mask {
                 if b < n_sink || b >= window_start {
                     return bad(format!("group {g}: block {b} is outside the candidates [{n_sink}, {window_start})"));
                 }
-                if (b - n_sink) % block_k != 0 {
+                if !(b - n_sink).is_multiple_of(block_k) {
                     return bad(format!("group {g}: block {b} is off the grid {n_sink} + {block_k}·i"));
                 }
                 if i > 0 && starts[i - 1] >= b {

@@ -276,7 +276,7 @@ impl<K: KvSource + ?Sized> QueryBlock<'_, K> {
         let shape = self.shape;
         shape.validate()?;
         let row = shape.n_heads * shape.head_dim;
-        if self.q.is_empty() || self.q.len() % row != 0 {
+        if self.q.is_empty() || !self.q.len().is_multiple_of(row) {
             return Err(HipError::Shape {
                 what: format!(
                     "{} query values are not a positive number of [H = {}][d = {}] rows",

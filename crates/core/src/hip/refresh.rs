@@ -23,7 +23,7 @@ use super::{HipError, KvSource, QueryBlock};
 /// The first stage to recompute at decode step `step` (0-based), or `None` when every stage
 /// is reused: the lowest `s` with `step % refresh[s] == 0`.
 pub fn first_stage_to_refresh(refresh: &[usize], step: u64) -> Option<usize> {
-    refresh.iter().position(|&r| r > 0 && step % r as u64 == 0)
+    refresh.iter().position(|&r| r > 0 && step.is_multiple_of(r as u64))
 }
 
 /// The outcome of one decode step.

@@ -163,7 +163,7 @@ impl GgmlType {
     /// blocks or the size overflows.
     pub fn row_bytes(self, n_elements: u64) -> Option<u64> {
         let be = self.block_elems() as u64;
-        if n_elements % be != 0 {
+        if !n_elements.is_multiple_of(be) {
             return None;
         }
         (n_elements / be).checked_mul(self.block_bytes() as u64)
@@ -251,7 +251,7 @@ impl Format {
 pub(crate) fn check_elems(ty: GgmlType, n_elements: usize) -> Result<Format, QuantError> {
     let format = Format::of(ty).ok_or(QuantError::Unsupported { ty })?;
     let block_elems = ty.block_elems();
-    if n_elements % block_elems != 0 {
+    if !n_elements.is_multiple_of(block_elems) {
         return Err(QuantError::PartialBlock { ty, n_elements, block_elems });
     }
     Ok(format)

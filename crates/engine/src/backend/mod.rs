@@ -28,9 +28,7 @@ pub struct TensorRef {
 impl TensorRef {
     pub fn new(file: Arc<GgufFile>, name: &str) -> Result<Self, EngineError> {
         let info = file.tensor(name)?.clone();
-        if !info.ty.is_supported() {
-            return Err(EngineError::UnsupportedTensorType { tensor: info.name.clone(), ty: info.ty.name() });
-        }
+        info.check_supported()?;
         Ok(Self { file, info })
     }
 

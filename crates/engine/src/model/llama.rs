@@ -111,7 +111,9 @@ impl<B: Backend> Llama<B> {
                     expected: want,
                 });
             }
-            if t.info().n_elements % t.info().ty.block_elems() as u64 != 0 || n_in % t.info().ty.block_elems() != 0 {
+            if t.info().n_elements % t.info().ty.block_elems() as u64 != 0
+                || !n_in.is_multiple_of(t.info().ty.block_elems())
+            {
                 return Err(EngineError::TensorShape {
                     tensor: name.to_string(),
                     found: t.info().dims.clone(),

@@ -196,8 +196,9 @@ fn plan_items(call: &Call<'_>, masks: &[Option<SeqMasks>]) -> (Vec<Item>, Vec<Ke
     let plan = call.plan;
     let n_kv_heads = call.shape.n_kv_heads;
     let threads = rayon::current_num_threads();
-    // Query tiles of every sequence, with the HiP config and mask where there is one.
-    let mut tiles: Vec<(usize, Range<usize>, Option<(&HipConfig, &Mask)>)> = Vec::new();
+    // Query tiles of every sequence: (sequence, its tokens, the HiP config and mask if any).
+    type Tile<'m> = (usize, Range<usize>, Option<(&'m HipConfig, &'m Mask)>);
+    let mut tiles: Vec<Tile<'_>> = Vec::new();
     for (si, seq) in plan.seqs.iter().enumerate() {
         match &masks[si] {
             None => {
@@ -330,7 +331,8 @@ fn attend_item_body<const FUSED: bool, const D: usize>(call: &Call<'_>, it: &Ite
     // Tiles are filled with up to K_TILE keys taken in order from the spans, so that short
     // spans (HiP's selected blocks of 8 tokens) still make full tiles. Keys come in increasing
     // position order, so the keys a row may see (position ≤ its own) are a prefix of the tile.
-    let mut keys = spans.iter().flat_map(|span| span.keys.clone().map(move |pos| (pos, span.rope_start + pos - span.keys.start)));
+    let mut keys =
+        spans.iter().flat_map(|span| span.keys.clone().map(move |pos| (pos, span.rope_start + pos - span.keys.start)));
     loop {
         let mut tile_len = 0;
         for (pos, rope_pos) in keys.by_ref().take(K_TILE) {
@@ -400,7 +402,7 @@ fn merge_into(out: &mut [f32], items: &[Item], partials: &[Softmax], plan: &Batc
         let n_rows = (first.t1 - first.t0) * g;
         m_tot.clear();
         m_tot.extend((0..n_rows).map(|r| partials[i..j].iter().map(|p| p.m[r]).fold(f32::NEG_INFINITY, f32::max)));
-        for r in 0..n_rows {
+        for (r, &m_row) in m_tot.iter().enumerate() {
             let t = first.t0 + r / g;
             let h = first.kv_head * g + r % g;
             let dst = &mut out[(seq.row_start + t) * q_width + h * d..][..d];
@@ -410,7 +412,7 @@ fn merge_into(out: &mut [f32], items: &[Item], partials: &[Softmax], plan: &Batc
                 if p.l[r] == 0.0 {
                     continue;
                 }
-                let w = simd::exp(p.m[r] - m_tot[r]);
+                let w = simd::exp(p.m[r] - m_row);
                 l += p.l[r] * w;
                 simd::axpy::<false>(w, &p.acc[r * d..(r + 1) * d], dst);
             }
