@@ -2,10 +2,10 @@
 # Runs infinihip's CUDA tests, CLI checks and timings on the lent GPU machine, from binaries
 # built on the dev machine (docs/CUDA.md says how to prepare the folder and send it).
 #
-#   cuda_device_run.sh STEP...   (STEP: probe, ops, model, cli; in that order)
+#   cuda_device_run.sh STEP...   (STEP: probe, ops, model, cli, attention, ncu-decode; in that order)
 #
 # The folder holding this script holds bin/ (stripped test binaries: cuda_unit, gpu_ops,
-# gpu_model; and infinihip) and model/part-* (the default model split in two; the other part
+# gpu_hip, gpu_model; and infinihip), sdpa_baseline.py, and model/part-* (the default model split in two; the other part
 # was copied to /tmp/models by an earlier call while the machine stayed warm). Output goes to
 # stdout and to $OUT/<step>.log.
 set -uo pipefail
@@ -51,7 +51,8 @@ for step in "$@"; do
       } 2>&1 | tee "$out/probe.log" ;;
     ops)
       run ops "$bin/cuda_unit"
-      run ops "$bin/gpu_ops" --nocapture ;;
+      run ops "$bin/gpu_ops" --nocapture
+      run ops "$bin/gpu_hip" --nocapture ;;
     model)
       if [ ! -e "$model" ]; then cat /tmp/models/part-* "$here"/model/part-* > "$model"; fi
       sha256sum "$model"
@@ -60,6 +61,19 @@ for step in "$@"; do
       run cli "$bin/infinihip" run "What is the capital of France?" --temperature 0 --device cuda -m "$model"
       run cli "$bin/infinihip" run "What is the capital of France?" --temperature 0 --device auto -m "$model" -n 16
       run cli "$bin/infinihip" bench cpu --device cuda -m "$model" --prompt-tokens 512 --gen-tokens 128 --reps 3 --json "$out/bench-cuda.json" ;;
+    attention)
+      # External dense baselines first (PyTorch SDPA), then ours, merged into one report.
+      # BENCH_ARGS narrows the sweep for both (e.g. "--contexts 32k,1m --batches 1").
+      PYTHONUNBUFFERED=1 run attention python3 "$here/sdpa_baseline.py" ${BENCH_ARGS:-} --json "$out/sdpa.json"
+      run attention "$bin/infinihip" bench attention ${BENCH_ARGS:-} --merge "$out/sdpa.json" \
+        --json "$out/attention.json" --plot "$out/attention.svg" ;;
+    ncu-decode)
+      # Nsight Compute on the timed launches of the decode kernel (dense, Llama-3.1-8B shapes,
+      # 1M keys, batch 1): throughput, occupancy and warp stall reasons.
+      run ncu ncu --kernel-name regex:decode_partial --launch-skip 3 --launch-count 1 \
+        --section SpeedOfLight --section Occupancy --section WarpStateStats --section MemoryWorkloadAnalysis \
+        "$bin/infinihip" bench attention --contexts 1m --batches 1 --shapes llama8b --prefill-queries 0 \
+        --hip-presets= --reps 2 --warmup 1 ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
 done

@@ -169,6 +169,9 @@ pub enum BenchCommand {
         #[command(flatten)]
         attention: AttentionArgs,
     },
+    /// Per-layer attention latency on the GPU against context length: one decode step and one
+    /// prefill chunk, for our kernels, with the bytes/FLOPs floor (see docs/BENCHMARKS.md).
+    Attention(crate::bench_attention::AttentionBenchArgs),
 }
 
 /// `--ctx-size` means the same for the evals, with a default of their own.

@@ -73,7 +73,8 @@ impl Opened {
 /// The backend a command runs on, as `--device` chose it.
 pub enum Chosen {
     Cpu(CpuBackend),
-    Cuda(CudaBackend),
+    /// Boxed: the CUDA backend holds its kernel table and step cache inline (about 1 KB).
+    Cuda(Box<CudaBackend>),
 }
 
 /// What a command reports about its backend.
@@ -107,7 +108,7 @@ pub fn choose_backend(args: &ModelArgs, attention: &AttentionChoice) -> Result<C
                 "--device cuda: HiP attention is not implemented on CUDA yet (use --device cpu, or --attention dense)"
             )
         }
-        DeviceChoice::Cuda => Ok(Chosen::Cuda(CudaBackend::new(0).context("--device cuda")?)),
+        DeviceChoice::Cuda => Ok(Chosen::Cuda(Box::new(CudaBackend::new(0).context("--device cuda")?))),
         DeviceChoice::Auto if attention.hip.is_some() => {
             eprintln!("infinihip: using the CPU: HiP attention is not implemented on CUDA yet");
             cpu()
@@ -116,7 +117,7 @@ pub fn choose_backend(args: &ModelArgs, attention: &AttentionChoice) -> Result<C
             Ok(b) => {
                 let d = b.device();
                 eprintln!("infinihip: using CUDA device {} ({}, {})", d.ordinal, d.name, d.arch);
-                Ok(Chosen::Cuda(b))
+                Ok(Chosen::Cuda(Box::new(b)))
             }
             Err(e) => {
                 eprintln!("infinihip: using the CPU: no usable CUDA device ({e})");
@@ -140,7 +141,7 @@ macro_rules! with_engine {
             }
             $crate::load::Chosen::Cuda(b) => {
                 #[allow(unused_mut)]
-                let mut $engine = $opened.engine(b, $args, $ctx)?;
+                let mut $engine = $opened.engine(*b, $args, $ctx)?;
                 $body
             }
         }

@@ -3,6 +3,7 @@
 mod args;
 mod attention;
 mod bench;
+mod bench_attention;
 mod eval;
 mod generate;
 mod info;
@@ -46,6 +47,7 @@ fn run() -> Result<()> {
         Command::Bench(BenchCommand::Cpu { prompt_tokens, gen_tokens, reps, json, model, attention }) => {
             bench::cpu(prompt_tokens, gen_tokens, reps, json.as_deref(), &model, &attention)
         }
+        Command::Bench(BenchCommand::Attention(args)) => bench_attention::attention(&args),
         Command::Eval(EvalCommand::Passkey { eval: args }) => eval::passkey(&args),
         Command::Eval(EvalCommand::Niah { variant, haystack, needles, eval: args }) => {
             eval::niah(variant, haystack, needles, &args)

@@ -8,6 +8,10 @@
 //! launches enough blocks to fill the GPU (split-K, flash-decoding style). Each work item is
 //! launched once per KV head. `n_splits[row·H + h]` tells the combine kernel how many partials
 //! each (row, head) has.
+//!
+//! Decode sequences (one new token) go to the faster `decode_partial` kernel
+//! (`kernels/decode.cu`) as one [`DecodeSeq`] each, whenever it supports the RoPE layout
+//! ([`fast_decode_supported`]); otherwise they are planned as `ROWS = 4` work items.
 
 /// One sequence of the step, as the kernels read it.
 #[repr(C)]
@@ -21,6 +25,45 @@ pub struct SeqDesc {
 const _: () = assert!(std::mem::size_of::<SeqDesc>() == 16);
 // SAFETY: plain #[repr(C)] integers, mirrored by the kernel's struct.
 unsafe impl cudarc::driver::DeviceRepr for SeqDesc {}
+
+/// One decode sequence of `decode_partial` (see `kernels/decode.cu` for the key list it
+/// reads): dense decode sets `n_sink = window_start = pos + 1` and `mask = -1`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DecodeSeq {
+    pub row: i32,
+    pub pos: i32,
+    pub page_start: i32,
+    pub n_sink: i32,
+    pub window_start: i32,
+    pub mask: i32,
+    pub rope_streaming: i32,
+    pub split_len: i32,
+}
+const _: () = assert!(std::mem::size_of::<DecodeSeq>() == 32);
+// SAFETY: plain #[repr(C)] integers, mirrored by the kernel's struct.
+unsafe impl cudarc::driver::DeviceRepr for DecodeSeq {}
+
+/// Whether `decode_partial` handles a RoPE layout: adjacent pairs always; halves when the
+/// rotated half is a whole number of 8-component lane slices.
+pub fn fast_decode_supported(rope_half: usize, rope_adjacent: bool) -> bool {
+    rope_adjacent || rope_half.is_multiple_of(8)
+}
+
+/// The most splits of one decode sequence: `attn_combine` reads every split's partial of each
+/// head, serially.
+pub const MAX_DECODE_SPLITS: usize = 256;
+
+/// Splits of a decode sequence of `n_keys` keys (at most) when `n_seqs` sequences share the
+/// GPU: enough blocks for about four per multiprocessor, at most `MAX_DECODE_SPLITS`, each a
+/// multiple of 16 keys (one iteration of `decode_partial`). Short key lists (HiP's few
+/// thousand) are cut fine: a split's iterations run one after another, so fewer, longer splits
+/// leave most of the GPU idle. Returns `(split_len, n_splits)`.
+pub fn decode_splits(n_keys: usize, n_seqs: usize, n_sms: usize) -> (usize, usize) {
+    let wanted = (4 * n_sms.max(1)).div_ceil(n_seqs.max(1)).clamp(1, MAX_DECODE_SPLITS);
+    let split_len = n_keys.div_ceil(wanted).max(1).next_multiple_of(16);
+    (split_len, n_keys.div_ceil(split_len).max(1))
+}
 
 /// One work item of `attn_partial`.
 #[repr(C)]
@@ -48,7 +91,9 @@ pub const MAX_SPLITS: usize = 64;
 /// The work of one step: items for each kernel shape, and the split counts for the combine.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AttnPlan {
-    /// Items of sequences with one new token (`DECODE_ROWS` kernel).
+    /// Sequences with one new token, for `decode_partial` (when `fast_decode`).
+    pub decode_seqs: Vec<DecodeSeq>,
+    /// Items of sequences with one new token (`DECODE_ROWS` kernel, when not `fast_decode`).
     pub decode: Vec<AttnCta>,
     /// Items of sequences with several new tokens (`PREFILL_ROWS` kernel).
     pub prefill: Vec<AttnCta>,
@@ -59,8 +104,16 @@ pub struct AttnPlan {
 }
 
 /// Plans a step of `seqs` (rows `0..n_rows` in total) for `n_heads` query and `n_kv_heads` KV
-/// heads on a GPU of `n_sms` multiprocessors.
-pub fn plan(seqs: &[SeqDesc], n_rows: usize, n_heads: usize, n_kv_heads: usize, n_sms: usize) -> AttnPlan {
+/// heads on a GPU of `n_sms` multiprocessors; decode sequences go to `decode_partial` when
+/// `fast_decode` (see [`fast_decode_supported`]).
+pub fn plan(
+    seqs: &[SeqDesc],
+    n_rows: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    n_sms: usize,
+    fast_decode: bool,
+) -> AttnPlan {
     let g = n_heads / n_kv_heads.max(1);
     let rows_of = |s: &SeqDesc| if s.n_tokens == 1 { DECODE_ROWS } else { PREFILL_ROWS };
     let groups: usize = seqs.iter().map(|s| (s.n_tokens as usize * g).div_ceil(rows_of(s))).sum();
@@ -69,7 +122,26 @@ pub fn plan(seqs: &[SeqDesc], n_rows: usize, n_heads: usize, n_kv_heads: usize, 
     let wanted_splits = target_blocks.div_ceil((groups * n_kv_heads).max(1)).clamp(1, MAX_SPLITS);
 
     let mut out = AttnPlan { n_splits: vec![0; n_rows * n_heads], max_splits: 1, ..AttnPlan::default() };
+    let n_decode = seqs.iter().filter(|s| s.n_tokens == 1).count();
     for (si, s) in seqs.iter().enumerate() {
+        if fast_decode && s.n_tokens == 1 {
+            let n_keys = s.pos_start as usize + 1;
+            let (split_len, splits) = decode_splits(n_keys, n_decode, n_sms);
+            out.max_splits = out.max_splits.max(splits);
+            out.decode_seqs.push(DecodeSeq {
+                row: s.row_start,
+                pos: s.pos_start,
+                page_start: s.page_start,
+                n_sink: n_keys as i32,
+                window_start: n_keys as i32,
+                mask: -1,
+                rope_streaming: 0,
+                split_len: split_len as i32,
+            });
+            let row = s.row_start as usize;
+            out.n_splits[row * n_heads..(row + 1) * n_heads].fill(splits as i32);
+            continue;
+        }
         let rows = rows_of(s);
         let n_flat = s.n_tokens as usize * g;
         for f0 in (0..n_flat).step_by(rows) {
@@ -126,6 +198,38 @@ pub(crate) struct AttnParams {
 }
 const _: () = assert!(std::mem::size_of::<AttnParams>() == 112);
 
+/// Parameters of `decode_partial_*`: device pointers and sizes (mirrors `kernels/decode.cu`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DecodeParams {
+    pub q: u64,
+    pub kv: u64,
+    pub page_ids: u64,
+    pub seqs: u64,
+    pub mask_blocks: u64,
+    pub mask_tokens: u64,
+    pub cos: u64,
+    pub sin: u64,
+    pub part_acc: u64,
+    pub part_ml: u64,
+    pub n_heads: i32,
+    pub n_kv_heads: i32,
+    pub n_layers: i32,
+    pub layer: i32,
+    pub page_size: i32,
+    pub rope_half: i32,
+    pub rope_adjacent: i32,
+    pub max_splits: i32,
+    pub max_blocks: i32,
+    pub block_k: i32,
+    pub scale: f32,
+    pub pad: i32,
+}
+const _: () = assert!(std::mem::size_of::<DecodeParams>() == 128);
+// SAFETY: a plain #[repr(C)] struct of integers, mirrored field for field by the kernel's
+// `DecodeParams`.
+unsafe impl cudarc::driver::DeviceRepr for DecodeParams {}
+
 // SAFETY: a plain #[repr(C)] struct of integers, mirrored field for field by the kernel's
 // `AttnParams`.
 unsafe impl cudarc::driver::DeviceRepr for AttnParams {}
@@ -138,7 +242,7 @@ mod tests {
     /// exactly `n_splits` items whose key ranges tile its causal range, in split order.
     fn check(seqs: &[SeqDesc], n_heads: usize, n_kv_heads: usize, n_sms: usize) -> AttnPlan {
         let n_rows: usize = seqs.iter().map(|s| s.n_tokens as usize).sum();
-        let p = plan(seqs, n_rows, n_heads, n_kv_heads, n_sms);
+        let p = plan(seqs, n_rows, n_heads, n_kv_heads, n_sms, false);
         let g = n_heads / n_kv_heads;
         for (si, s) in seqs.iter().enumerate() {
             let rows = if s.n_tokens == 1 { DECODE_ROWS } else { PREFILL_ROWS };
@@ -196,5 +300,29 @@ mod tests {
         check(&seqs, 32, 8, 132);
         check(&seqs, 14, 2, 132);
         check(&seqs, 8, 8, 1);
+    }
+
+    #[test]
+    fn fast_decode_splits_cover_every_key_once() {
+        let seqs = [
+            SeqDesc { row_start: 0, n_tokens: 1, pos_start: 1_048_575, page_start: 0 },
+            SeqDesc { row_start: 1, n_tokens: 37, pos_start: 300, page_start: 80 },
+            SeqDesc { row_start: 38, n_tokens: 1, pos_start: 0, page_start: 90 },
+        ];
+        let p = plan(&seqs, 39, 32, 8, 132, true);
+        assert!(p.decode.is_empty());
+        assert_eq!(p.decode_seqs.len(), 2);
+        for d in &p.decode_seqs {
+            let n_keys = d.pos as usize + 1;
+            assert_eq!((d.n_sink as usize, d.window_start as usize, d.mask), (n_keys, n_keys, -1));
+            let splits = p.n_splits[d.row as usize * 32] as usize;
+            assert!(splits <= p.max_splits && d.split_len % 16 == 0);
+            assert!(splits * d.split_len as usize >= n_keys && (splits - 1) * (d.split_len as usize) < n_keys);
+        }
+        // 1M keys over two decode sequences: 256 splits; HiP's ~3.3K keys: 208 splits of 16.
+        assert_eq!(decode_splits(1 << 20, 2, 132), (4096, 256));
+        assert_eq!(decode_splits(3328, 1, 132), (16, 208));
+        assert_eq!(decode_splits(10, 1, 132), (16, 1));
+        assert!(fast_decode_supported(64, true) && fast_decode_supported(32, false) && !fast_decode_supported(12, false));
     }
 }

@@ -15,9 +15,35 @@ const ATTENTION: ModuleSource = ModuleSource {
     source: concat!(include_str!("../kernels/common.cuh"), include_str!("../kernels/attention.cu")),
 };
 
+const DECODE: ModuleSource = ModuleSource {
+    name: "decode",
+    source: concat!(include_str!("../kernels/common.cuh"), include_str!("../kernels/decode.cu")),
+};
+
+const HIP: ModuleSource = ModuleSource {
+    name: "hip",
+    source: concat!(include_str!("../kernels/common.cuh"), include_str!("../kernels/hip.cu")),
+};
+
 /// Each module with the kernels loaded from it.
-pub(crate) const MODULES: [(ModuleSource, &[&str]); 2] = [
-    (ELEMENTWISE, &["embed", "rms_norm", "add_assign", "add_bias", "swiglu", "gather_rows", "kv_write"]),
+pub(crate) const MODULES: [(ModuleSource, &[&str]); 4] = [
+    (
+        ELEMENTWISE,
+        &[
+            "embed",
+            "embed_f32",
+            "rms_norm",
+            "rms_norm_f32",
+            "add_assign",
+            "add_assign_f32",
+            "add_bias",
+            "swiglu",
+            "gather_rows",
+            "gather_rows_f32",
+            "kv_write",
+            "fill_uniform",
+        ],
+    ),
     (
         ATTENTION,
         &[
@@ -28,6 +54,8 @@ pub(crate) const MODULES: [(ModuleSource, &[&str]); 2] = [
             "attn_combine",
         ],
     ),
+    (DECODE, &["decode_partial_d64_g4", "decode_partial_d64_g8", "decode_partial_d128_g4", "decode_partial_d128_g8"]),
+    (HIP, &["hip_stage_scores", "hip_topk"]),
 ];
 
 /// The module sources, for tools and tests that compile them without a device.
@@ -43,8 +71,9 @@ mod tests {
     fn every_listed_kernel_is_defined_in_its_module() {
         for (module, kernels) in MODULES {
             for k in kernels {
-                let defined = module.source.contains(&format!("void {k}("))
-                    || module.source.contains(&format!("__launch_bounds__(128) {k}("));
+                // `extern "C" __global__ void [__launch_bounds__(…)] name(`, on one line or two.
+                let defined = module.source.lines().any(|l| l.contains(&format!(" {k}(")) && l.contains("__global__"))
+                    || module.source.contains(&format!(")\n    {k}("));
                 assert!(defined, "kernel {k} is not defined in module {}", module.name);
             }
         }

@@ -7,7 +7,10 @@
 //!   (`sm_90a` on Hopper) to CUBIN, cached on disk by a hash of source, options, NVRTC version
 //!   and architecture;
 //! - [`ops`]: one launcher per kernel, with the same name, plus transfers and the bf16 GEMM;
-//! - [`attention`]: the host plan of the split-K attention kernels.
+//! - [`attention`]: the host plan of the split-K attention kernels;
+//! - [`hip`]: HiP decode: the pruning stages with the top-k on the device, and block-sparse
+//!   decode;
+//! - [`timing`]: CUDA-event timing with a cold L2, for the benchmarks.
 //!
 //! Storage is bf16 and arithmetic f32 (DESIGN.md §3). Each kernel mirrors an op of the CPU
 //! backend in `infinihip-engine`, which is its oracle (`crates/engine/tests/gpu_ops.rs`). The
@@ -15,10 +18,12 @@
 
 pub mod attention;
 pub mod compile;
+pub mod hip;
 mod error;
 pub mod kernels;
 pub mod ops;
 pub mod runtime;
+pub mod timing;
 
 pub use cudarc::driver::CudaSlice;
 pub use error::CudaError;

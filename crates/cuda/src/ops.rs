@@ -9,7 +9,7 @@ use cudarc::cublas::sys as blas_sys;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
 use half::bf16;
 
-use crate::attention::{AttnCta, AttnParams, SeqDesc, DECODE_ROWS, PREFILL_ROWS};
+use crate::attention::{AttnCta, AttnParams, DecodeParams, DecodeSeq, SeqDesc, DECODE_ROWS, PREFILL_ROWS};
 use crate::error::CudaError;
 use crate::runtime::Gpu;
 
@@ -47,7 +47,7 @@ fn elems_grid(gpu: &Gpu, n: usize) -> LaunchConfig {
 }
 
 /// A device buffer's address, for kernel parameter structs.
-trait DeviceAddr {
+pub(crate) trait DeviceAddr {
     fn addr(&self, stream: &cudarc::driver::CudaStream) -> u64;
 }
 
@@ -55,6 +55,30 @@ impl<T> DeviceAddr for CudaSlice<T> {
     fn addr(&self, stream: &cudarc::driver::CudaStream) -> u64 {
         self.device_ptr(stream).0
     }
+}
+
+/// The element types of the residual stream: bf16, or f32 (what the engine uses, so that the
+/// running sum over layers is not rounded to bf16 at every addition). Names the instance of
+/// each kernel that touches the stream.
+pub trait ResidualElem: DeviceRepr + ValidAsZeroBits {
+    const EMBED: &'static str;
+    const RMS_NORM: &'static str;
+    const ADD_ASSIGN: &'static str;
+    const GATHER_ROWS: &'static str;
+}
+
+impl ResidualElem for bf16 {
+    const EMBED: &'static str = "embed";
+    const RMS_NORM: &'static str = "rms_norm";
+    const ADD_ASSIGN: &'static str = "add_assign";
+    const GATHER_ROWS: &'static str = "gather_rows";
+}
+
+impl ResidualElem for f32 {
+    const EMBED: &'static str = "embed_f32";
+    const RMS_NORM: &'static str = "rms_norm_f32";
+    const ADD_ASSIGN: &'static str = "add_assign_f32";
+    const GATHER_ROWS: &'static str = "gather_rows_f32";
 }
 
 /// Where a GEMM writes: bf16 activations, or f32 (logits).
@@ -89,6 +113,9 @@ pub struct AttnStep<'a> {
     pub seqs: &'a CudaSlice<SeqDesc>,
     pub n_seqs: usize,
     pub page_ids: &'a CudaSlice<u32>,
+    /// Decode sequences for `decode_partial` (`attention::plan` with `fast_decode`).
+    pub decode_seqs: &'a CudaSlice<DecodeSeq>,
+    pub n_decode_seqs: usize,
     pub decode: &'a CudaSlice<AttnCta>,
     pub n_decode: usize,
     pub prefill: &'a CudaSlice<AttnCta>,
@@ -236,61 +263,66 @@ impl Gpu {
 
     /// `out[t] = table[tokens[t]]`; token ids must be below the table's rows (checked by the
     /// caller, which knows the vocabulary).
-    pub fn embed(
+    pub fn embed<T: ResidualElem>(
         &self,
         table: &CudaSlice<bf16>,
         tokens: &CudaSlice<u32>,
-        out: &mut CudaSlice<bf16>,
+        out: &mut CudaSlice<T>,
         rows: usize,
         cols: usize,
     ) -> Result<(), CudaError> {
-        const K: &str = "embed";
-        check_len(K, "tokens", tokens, rows)?;
-        check_len(K, "out", out, rows * cols)?;
-        let cols_i = int(K, "cols", cols)?;
+        let kernel = T::EMBED;
+        check_len(kernel, "tokens", tokens, rows)?;
+        check_len(kernel, "out", out, rows * cols)?;
+        let cols_i = int(kernel, "cols", cols)?;
         if rows == 0 {
             return Ok(());
         }
-        let mut l = self.launch(K)?;
+        let mut l = self.launch(kernel)?;
         l.args.arg(table).arg(tokens).arg(out).arg(&cols_i);
         // SAFETY: argument types match the kernel; sizes checked above.
-        unsafe { l.run(rows_grid(rows, K)?) }
+        unsafe { l.run(rows_grid(rows, kernel)?) }
     }
 
     /// `out[t] = x[t] / sqrt(mean(x[t]²) + eps) · weight`.
-    pub fn rms_norm(
+    pub fn rms_norm<T: ResidualElem>(
         &self,
-        x: &CudaSlice<bf16>,
+        x: &CudaSlice<T>,
         weight: &CudaSlice<f32>,
         out: &mut CudaSlice<bf16>,
         rows: usize,
         cols: usize,
         eps: f32,
     ) -> Result<(), CudaError> {
-        const K: &str = "rms_norm";
-        check_len(K, "x", x, rows * cols)?;
-        check_len(K, "weight", weight, cols)?;
-        check_len(K, "out", out, rows * cols)?;
-        let cols_i = int(K, "cols", cols)?;
+        let kernel = T::RMS_NORM;
+        check_len(kernel, "x", x, rows * cols)?;
+        check_len(kernel, "weight", weight, cols)?;
+        check_len(kernel, "out", out, rows * cols)?;
+        let cols_i = int(kernel, "cols", cols)?;
         if rows == 0 {
             return Ok(());
         }
-        let mut l = self.launch(K)?;
+        let mut l = self.launch(kernel)?;
         l.args.arg(x).arg(weight).arg(out).arg(&cols_i).arg(&eps);
         // SAFETY: as in `embed`.
-        unsafe { l.run(rows_grid(rows, K)?) }
+        unsafe { l.run(rows_grid(rows, kernel)?) }
     }
 
     /// `x += y` over the first `n` elements.
-    pub fn add_assign(&self, x: &mut CudaSlice<bf16>, y: &CudaSlice<bf16>, n: usize) -> Result<(), CudaError> {
-        const K: &str = "add_assign";
-        check_len(K, "x", x, n)?;
-        check_len(K, "y", y, n)?;
+    pub fn add_assign<T: ResidualElem>(
+        &self,
+        x: &mut CudaSlice<T>,
+        y: &CudaSlice<bf16>,
+        n: usize,
+    ) -> Result<(), CudaError> {
+        let kernel = T::ADD_ASSIGN;
+        check_len(kernel, "x", x, n)?;
+        check_len(kernel, "y", y, n)?;
         if n == 0 {
             return Ok(());
         }
         let n_i = n as i64;
-        let mut l = self.launch(K)?;
+        let mut l = self.launch(kernel)?;
         l.args.arg(x).arg(y).arg(&n_i);
         // SAFETY: as in `embed`.
         unsafe { l.run(elems_grid(self, n)) }
@@ -334,25 +366,47 @@ impl Gpu {
 
     /// `out[i] = x[rows[i]]` for `n_out` rows; every index must be a row of `x` (checked by
     /// the caller).
-    pub fn gather_rows(
+    pub fn gather_rows<T: ResidualElem>(
         &self,
-        x: &CudaSlice<bf16>,
+        x: &CudaSlice<T>,
         rows: &CudaSlice<u32>,
-        out: &mut CudaSlice<bf16>,
+        out: &mut CudaSlice<T>,
         n_out: usize,
         cols: usize,
     ) -> Result<(), CudaError> {
-        const K: &str = "gather_rows";
-        check_len(K, "rows", rows, n_out)?;
-        check_len(K, "out", out, n_out * cols)?;
-        let cols_i = int(K, "cols", cols)?;
+        let kernel = T::GATHER_ROWS;
+        check_len(kernel, "rows", rows, n_out)?;
+        check_len(kernel, "out", out, n_out * cols)?;
+        let cols_i = int(kernel, "cols", cols)?;
         if n_out == 0 {
             return Ok(());
         }
-        let mut l = self.launch(K)?;
+        let mut l = self.launch(kernel)?;
         l.args.arg(x).arg(rows).arg(out).arg(&cols_i);
         // SAFETY: as in `embed`.
-        unsafe { l.run(rows_grid(n_out, K)?) }
+        unsafe { l.run(rows_grid(n_out, kernel)?) }
+    }
+
+    /// Fills the first `n` elements of `x` with uniform values in `[lo, hi)` from a hash of
+    /// `(seed, index)`: the same seed gives the same tensor. For benchmark-sized inputs.
+    pub fn fill_uniform(
+        &self,
+        x: &mut CudaSlice<bf16>,
+        n: usize,
+        seed: u64,
+        lo: f32,
+        hi: f32,
+    ) -> Result<(), CudaError> {
+        const K: &str = "fill_uniform";
+        check_len(K, "x", x, n)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let n_i = n as i64;
+        let mut l = self.launch(K)?;
+        l.args.arg(x).arg(&n_i).arg(&seed).arg(&lo).arg(&hi);
+        // SAFETY: as in `embed`.
+        unsafe { l.run(elems_grid(self, n)) }
     }
 
     /// Stores rows `0..rows` of `k` and `v` (`[rows][Hkv·d]`, un-rotated) of `layer` into slot
@@ -423,7 +477,7 @@ impl Gpu {
                 what: format!("head dimension {d} (64 and 128 are built)"),
             });
         }
-        if shape.n_kv_heads == 0 || shape.n_heads % shape.n_kv_heads != 0 || shape.n_kv_heads != geometry.n_kv_heads {
+        if shape.n_kv_heads == 0 || !shape.n_heads.is_multiple_of(shape.n_kv_heads) || shape.n_kv_heads != geometry.n_kv_heads {
             return Err(CudaError::Unsupported {
                 kernel: K,
                 what: format!("{} query heads over {} KV heads", shape.n_heads, shape.n_kv_heads),
@@ -442,6 +496,13 @@ impl Gpu {
         check_len(K, "the store", store, geometry.total_elems())?;
         check_len(K, "seqs", step.seqs, step.n_seqs)?;
         check_len(K, "decode items", step.decode, step.n_decode)?;
+        check_len(K, "decode sequences", step.decode_seqs, step.n_decode_seqs)?;
+        if step.n_decode_seqs > 0 && !crate::attention::fast_decode_supported(shape.rope_half, shape.rope_adjacent) {
+            return Err(CudaError::Unsupported {
+                kernel: "decode_partial",
+                what: format!("halves RoPE over {} pairs (a multiple of 8 is needed)", shape.rope_half),
+            });
+        }
         check_len(K, "prefill items", step.prefill, step.n_prefill)?;
         check_len(K, "n_splits", step.n_splits, step.n_rows * shape.n_heads)?;
         check_len(K, "partials", &scratch.acc, slots * d)?;
@@ -497,6 +558,33 @@ impl Gpu {
             // checked above, and the plan's items stay within the step's rows and keys.
             unsafe { l.run(cfg) }?;
         }
+        if step.n_decode_seqs > 0 {
+            let dp = DecodeParams {
+                q: params.q,
+                kv: params.kv,
+                page_ids: params.page_ids,
+                seqs: addr(step.decode_seqs),
+                mask_blocks: 0,
+                mask_tokens: 0,
+                cos: params.cos,
+                sin: params.sin,
+                part_acc: params.part_acc,
+                part_ml: params.part_ml,
+                n_heads: params.n_heads,
+                n_kv_heads: params.n_kv_heads,
+                n_layers: params.n_layers,
+                layer: params.layer,
+                page_size: params.page_size,
+                rope_half: params.rope_half,
+                rope_adjacent: params.rope_adjacent,
+                max_splits: params.max_splits,
+                max_blocks: 0,
+                block_k: 1,
+                scale: params.scale,
+                pad: 0,
+            };
+            self.decode_partial(&dp, shape, step.n_decode_seqs, step.max_splits)?;
+        }
         let max_splits = params.max_splits;
         let mut l = self.launch("attn_combine")?;
         l.args.arg(&scratch.acc).arg(&scratch.ml).arg(step.n_splits).arg(out).arg(&max_splits);
@@ -504,6 +592,44 @@ impl Gpu {
             .map_err(|_| CudaError::Unsupported { kernel: "attn_combine", what: format!("{} rows", step.n_rows) })?;
         let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (d as u32, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: as above.
+        unsafe { l.run(cfg) }
+    }
+
+    /// Launches `decode_partial` over `n_seqs` decode sequences and `max_splits` splits; the
+    /// caller has checked every buffer `dp` points to.
+    pub(crate) fn decode_partial(
+        &self,
+        dp: &DecodeParams,
+        shape: AttnShape,
+        n_seqs: usize,
+        max_splits: usize,
+    ) -> Result<(), CudaError> {
+        let g = shape.n_heads / shape.n_kv_heads.max(1);
+        let kernel = match (shape.head_dim, g) {
+            (64, 1..=4) => "decode_partial_d64_g4",
+            (64, 5..=8) => "decode_partial_d64_g8",
+            (128, 1..=4) => "decode_partial_d128_g4",
+            (128, 5..=8) => "decode_partial_d128_g8",
+            (d, g) => {
+                return Err(CudaError::Unsupported {
+                    kernel: "decode_partial",
+                    what: format!("head dimension {d} with {g} query heads per KV head (64/128 and 1..=8 are built)"),
+                })
+            }
+        };
+        // 32·Hkv threads, within the kernel's launch bounds of 256.
+        if shape.n_kv_heads == 0 || shape.n_kv_heads > 8 {
+            return Err(CudaError::Unsupported { kernel, what: format!("{} KV heads (1..=8)", shape.n_kv_heads) });
+        }
+        let blocks = (
+            u32::try_from(max_splits).map_err(|_| CudaError::Unsupported { kernel, what: format!("{max_splits} splits") })?,
+            u32::try_from(n_seqs).map_err(|_| CudaError::Unsupported { kernel, what: format!("{n_seqs} sequences") })?,
+            1,
+        );
+        let mut l = self.launch(kernel)?;
+        l.args.arg(dp);
+        let cfg = LaunchConfig { grid_dim: blocks, block_dim: (32 * shape.n_kv_heads as u32, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: `dp` mirrors the kernel's DecodeParams; its buffers were checked by the caller.
         unsafe { l.run(cfg) }
     }
 }

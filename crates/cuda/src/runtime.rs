@@ -121,6 +121,15 @@ impl Gpu {
         &self.blas
     }
 
+    /// Device memory free once the queued work is done, in bytes (buffers are freed in stream
+    /// order, so the stream is synchronised first).
+    pub fn free_memory_bytes(&self) -> Result<usize, CudaError> {
+        self.synchronize()?;
+        self.ctx.bind_to_thread().map_err(self.driver_err("binding the context"))?;
+        let (free, _total) = cudarc::driver::result::mem_get_info().map_err(self.driver_err("reading free memory"))?;
+        Ok(free)
+    }
+
     /// Waits for all work queued so far; an asynchronous kernel failure surfaces here.
     pub fn synchronize(&self) -> Result<(), CudaError> {
         self.stream.synchronize().map_err(|source| CudaError::Sync { last_kernel: self.last_kernel(), source })

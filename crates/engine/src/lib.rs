@@ -4,6 +4,7 @@ pub mod backend;
 pub mod engine;
 pub mod error;
 pub mod generate;
+pub mod hip_gpu;
 pub mod hip_state;
 pub mod kv;
 pub mod model;

@@ -20,7 +20,7 @@ use std::sync::{Mutex, MutexGuard};
 use half::bf16;
 use infinihip_core::quant;
 use infinihip_core::rope::{RopeConfig, RopeStyle, RopeTable};
-use infinihip_cuda::attention::{self, AttnCta, AttnPlan, SeqDesc};
+use infinihip_cuda::attention::{self, AttnCta, AttnPlan, DecodeSeq, SeqDesc};
 use infinihip_cuda::ops::{AttnScratch, AttnShape, AttnStep, GemmOut, KvGeometry};
 use infinihip_cuda::{CudaError, CudaSlice, DeviceInfo, Gpu};
 use rayon::prelude::*;
@@ -144,6 +144,7 @@ struct PlanOnDevice {
 struct AttnOnDevice {
     heads: (usize, usize),
     plan: AttnPlan,
+    decode_seqs: CudaSlice<DecodeSeq>,
     decode: CudaSlice<AttnCta>,
     prefill: CudaSlice<AttnCta>,
     n_splits: CudaSlice<i32>,
@@ -414,7 +415,10 @@ impl Backend for CudaBackend {
         let buf = ensure_buffer(&self.gpu, &mut cache.tokens, tokens.len())?;
         self.gpu.upload_into(tokens, buf)?;
         let (rows, cols) = (out.rows, out.cols);
-        self.gpu.embed(&table.data, buf, out.bf16_mut("embed")?, rows, cols)?;
+        match &mut out.data {
+            ActData::Bf16(d) => self.gpu.embed(&table.data, buf, d, rows, cols)?,
+            ActData::F32(d) => self.gpu.embed(&table.data, buf, d, rows, cols)?,
+        }
         Ok(())
     }
 
@@ -424,7 +428,11 @@ impl Backend for CudaBackend {
             return Err(shape_err("rms_norm", format!("weight of {} for width {}", weight.len, x.cols)));
         }
         let (rows, cols) = (x.rows, x.cols);
-        self.gpu.rms_norm(x.bf16("rms_norm")?, &weight.data, out.bf16_mut("rms_norm")?, rows, cols, eps)?;
+        let dst = out.bf16_mut("rms_norm")?;
+        match &x.data {
+            ActData::Bf16(d) => self.gpu.rms_norm(d, &weight.data, dst, rows, cols, eps)?,
+            ActData::F32(d) => self.gpu.rms_norm(d, &weight.data, dst, rows, cols, eps)?,
+        }
         Ok(())
     }
 
@@ -455,7 +463,11 @@ impl Backend for CudaBackend {
     fn add_assign(&self, x: &mut CudaAct, y: &CudaAct) -> Result<(), EngineError> {
         check_same("add_assign", x, y)?;
         let n = x.len();
-        self.gpu.add_assign(x.bf16_mut("add_assign")?, y.bf16("add_assign")?, n)?;
+        let y = y.bf16("add_assign")?;
+        match &mut x.data {
+            ActData::Bf16(d) => self.gpu.add_assign(d, y, n)?,
+            ActData::F32(d) => self.gpu.add_assign(d, y, n)?,
+        }
         Ok(())
     }
 
@@ -475,7 +487,11 @@ impl Backend for CudaBackend {
         let buf = ensure_buffer(&self.gpu, &mut cache.rows, idx.len())?;
         self.gpu.upload_into(&idx, buf)?;
         let (n, cols) = (out.rows, out.cols);
-        self.gpu.gather_rows(x.bf16("gather_rows")?, buf, out.bf16_mut("gather_rows")?, n, cols)?;
+        match (&x.data, &mut out.data) {
+            (ActData::Bf16(src), ActData::Bf16(dst)) => self.gpu.gather_rows(src, buf, dst, n, cols)?,
+            (ActData::F32(src), ActData::F32(dst)) => self.gpu.gather_rows(src, buf, dst, n, cols)?,
+            _ => return Err(shape_err("gather_rows", "source and destination of different precisions".to_string())),
+        }
         Ok(())
     }
 
@@ -555,11 +571,19 @@ impl Backend for CudaBackend {
         let p = cache.plan.as_ref().ok_or_else(|| shape_err("attention", "no plan".to_string()))?;
         check_pages("attention", p, store)?;
         let heads = (shape.n_heads, shape.n_kv_heads);
+        let rope_adjacent = rope.table.config().style == RopeStyle::Adjacent;
         if cache.attn.as_ref().is_none_or(|a| a.heads != heads) {
-            let ap =
-                attention::plan(&p.seqs, p.n_rows, shape.n_heads, shape.n_kv_heads, self.gpu.info().multiprocessors);
+            let ap = attention::plan(
+                &p.seqs,
+                p.n_rows,
+                shape.n_heads,
+                shape.n_kv_heads,
+                self.gpu.info().multiprocessors,
+                attention::fast_decode_supported(half, rope_adjacent),
+            );
             cache.attn = Some(AttnOnDevice {
                 heads,
+                decode_seqs: self.gpu.upload(&ap.decode_seqs)?,
                 decode: self.gpu.upload(&ap.decode)?,
                 prefill: self.gpu.upload(&ap.prefill)?,
                 n_splits: self.gpu.upload(&ap.n_splits)?,
@@ -580,6 +604,8 @@ impl Backend for CudaBackend {
             seqs: &p.seqs_dev,
             n_seqs: p.seqs.len(),
             page_ids: &p.page_ids,
+            decode_seqs: &a.decode_seqs,
+            n_decode_seqs: a.plan.decode_seqs.len(),
             decode: &a.decode,
             n_decode: a.plan.decode.len(),
             prefill: &a.prefill,
@@ -594,7 +620,7 @@ impl Backend for CudaBackend {
             head_dim: shape.head_dim,
             scale: shape.scale,
             rope_half: half,
-            rope_adjacent: rope.table.config().style == RopeStyle::Adjacent,
+            rope_adjacent,
         };
         self.gpu.attention(
             &store.data,

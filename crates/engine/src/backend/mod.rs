@@ -138,8 +138,10 @@ pub trait Backend: Send + Sync {
     /// A zeroed activation matrix.
     fn new_act(&self, rows: usize, cols: usize) -> Result<Self::Act, EngineError>;
     /// A zeroed activation matrix that holds f32 values whatever the backend's activation
-    /// precision: the logits, which sampling and tests compare closely. Only `matmul` (as its
-    /// output), `set_rows` and `to_host` need to accept it.
+    /// precision: the logits, which sampling and tests compare closely, and the residual
+    /// stream, whose running sum over layers must not be rounded to bf16 at every addition.
+    /// `matmul` (as its output), `embed` (output), `rms_norm` (input), `add_assign` (target),
+    /// `gather_rows` (both sides), `set_rows` and `to_host` accept it.
     fn new_act_f32(&self, rows: usize, cols: usize) -> Result<Self::Act, EngineError> {
         self.new_act(rows, cols)
     }

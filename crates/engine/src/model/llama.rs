@@ -47,6 +47,7 @@ pub struct Llama<B: Backend> {
 /// Activation buffers for steps of up to `max_rows` tokens, reused from step to step.
 pub struct Workspace<B: Backend> {
     max_rows: usize,
+    /// The residual stream, f32 on every backend (`new_act_f32`).
     x: B::Act,
     h: B::Act,
     q: B::Act,
@@ -56,6 +57,7 @@ pub struct Workspace<B: Backend> {
     proj: B::Act,
     gate: B::Act,
     up: B::Act,
+    /// Rows of `x` whose logits are wanted (f32, like `x`).
     picked: B::Act,
     logits: B::Act,
     /// Diagnostics: per layer listed, the un-rotated attention queries `[rows][H·d]` of the
@@ -182,7 +184,7 @@ impl<B: Backend> Llama<B> {
         let b = &self.backend;
         Ok(Workspace {
             max_rows,
-            x: b.new_act(max_rows, c.d_model)?,
+            x: b.new_act_f32(max_rows, c.d_model)?,
             h: b.new_act(max_rows, c.d_model)?,
             q: b.new_act(max_rows, c.q_dim())?,
             k: b.new_act(max_rows, c.kv_dim())?,
@@ -191,7 +193,7 @@ impl<B: Backend> Llama<B> {
             proj: b.new_act(max_rows, c.d_model)?,
             gate: b.new_act(max_rows, c.d_ff)?,
             up: b.new_act(max_rows, c.d_ff)?,
-            picked: b.new_act(max_rows, c.d_model)?,
+            picked: b.new_act_f32(max_rows, c.d_model)?,
             logits: b.new_act_f32(max_rows, c.vocab_size)?,
             captured: Vec::new(),
         })
