@@ -218,22 +218,53 @@ extern "C" __global__ void __launch_bounds__(128) attn_partial_d128_r4(const Att
 extern "C" __global__ void __launch_bounds__(128) attn_partial_d128_r16(const AttnParams p) { attn_partial<128, 16>(p); }
 
 // attn_combine: out[row][h] = Σ_s e^(m_s − M)·acc_s / Σ_s e^(m_s − M)·l_s over the n_splits[row·H + h]
-// splits of (row, h). Grid: one block per (row, h); block: d threads, one per component.
+// splits of (row, h). Grid: one block per (row, h); block: a multiple of d threads, at most
+// 1024, and n_splits ≤ COMBINE_MAX_SPLITS. The split weights are computed once into shared
+// memory; then blockDim/d groups of d threads each sum a strided share of the splits (their
+// loads independent, so many are in flight: HiP decode has ~200 short splits per head, and a
+// serial loop over them cost more than the attention itself), merged through shared memory.
+#define COMBINE_MAX_SPLITS 256
 extern "C" __global__ void attn_combine(const float* __restrict__ part_acc, const float* __restrict__ part_ml,
-                                        const int* __restrict__ n_splits, bf16* __restrict__ out, int max_splits) {
-    const int d = blockDim.x, col = threadIdx.x;
+                                        const int* __restrict__ n_splits, bf16* __restrict__ out, int max_splits,
+                                        int d) {
+    __shared__ float w[COMBINE_MAX_SPLITS];
+    __shared__ float red[32];
+    __shared__ float partial[1024];
     const size_t base = (size_t)blockIdx.x * max_splits;
-    const int n = n_splits[blockIdx.x];
+    const int n = min(n_splits[blockIdx.x], COMBINE_MAX_SPLITS);
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
+
+    float m = NEG_INF;
+    for (int s = threadIdx.x; s < n; s += blockDim.x) m = fmaxf(m, part_ml[2 * (base + s)]);
+    m = group_max<32>(m);
+    if (lane == 0) red[warp] = m;
+    __syncthreads();
     float m_all = NEG_INF;
-    for (int s = 0; s < n; ++s) m_all = fmaxf(m_all, part_ml[2 * (base + s)]);
-    float l_all = 0.f, o = 0.f;
-    for (int s = 0; s < n; ++s) {
+    for (int i = 0; i < n_warps; ++i) m_all = fmaxf(m_all, red[i]);
+    __syncthreads();  // red is reused below
+    float l = 0.f;
+    for (int s = threadIdx.x; s < n; s += blockDim.x) {
         const float l_s = part_ml[2 * (base + s) + 1];
-        if (l_s == 0.f) continue;  // a split wholly after this row's position
-        const float w = __expf(part_ml[2 * (base + s)] - m_all);
-        l_all += l_s * w;
-        o += w * part_acc[(base + s) * d + col];
+        // A split with no visible key (l = 0, m = −inf) weighs nothing.
+        const float ws = l_s == 0.f ? 0.f : __expf(part_ml[2 * (base + s)] - m_all);
+        w[s] = ws;
+        l += l_s * ws;
     }
-    // Every query sees at least its own key, so l_all > 0.
-    out[(size_t)blockIdx.x * d + col] = to_bf16(o / l_all);
+    l = group_sum<32>(l);
+    if (lane == 0) red[warp] = l;
+    __syncthreads();
+    float l_all = 0.f;
+    for (int i = 0; i < n_warps; ++i) l_all += red[i];
+
+    const int col = threadIdx.x % d, group = threadIdx.x / d, n_groups = blockDim.x / d;
+    float o = 0.f;
+#pragma unroll 8
+    for (int s = group; s < n; s += n_groups) o += w[s] * part_acc[(base + s) * d + col];
+    partial[threadIdx.x] = o;
+    __syncthreads();
+    if (group == 0) {
+        for (int g = 1; g < n_groups; ++g) o += partial[g * d + col];
+        // Every query sees at least its own key, so l_all > 0.
+        out[(size_t)blockIdx.x * d + col] = to_bf16(o / l_all);
+    }
 }

@@ -342,12 +342,6 @@ impl Gpu {
             pad: 0,
         };
         self.decode_partial(&dp, s, bsa.n_seqs, bsa.max_splits)?;
-        let max_splits = dp.max_splits;
-        let mut l = self.launch("attn_combine")?;
-        l.args.arg(&scratch.acc).arg(&scratch.ml).arg(bsa.n_splits).arg(out).arg(&max_splits);
-        let blocks = u32::try_from(bsa.n_rows * s.n_heads).map_err(|_| unsupported("attn_combine", "rows".into()))?;
-        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (d as u32, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: sizes checked above.
-        unsafe { l.run(cfg) }
+        self.attn_combine(scratch, bsa.n_splits, out, bsa.max_splits, bsa.n_rows * s.n_heads, d)
     }
 }

@@ -585,13 +585,32 @@ impl Gpu {
             };
             self.decode_partial(&dp, shape, step.n_decode_seqs, step.max_splits)?;
         }
-        let max_splits = params.max_splits;
-        let mut l = self.launch("attn_combine")?;
-        l.args.arg(&scratch.acc).arg(&scratch.ml).arg(step.n_splits).arg(out).arg(&max_splits);
-        let blocks = u32::try_from(step.n_rows * shape.n_heads)
-            .map_err(|_| CudaError::Unsupported { kernel: "attn_combine", what: format!("{} rows", step.n_rows) })?;
-        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (d as u32, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: as above.
+        self.attn_combine(scratch, step.n_splits, out, step.max_splits, step.n_rows * shape.n_heads, d)
+    }
+
+    /// Merges the split partials of `n_pairs` (row, head) pairs into `out` (`attn_combine`);
+    /// the caller has checked the buffers for `n_pairs · max_splits` partials of `d` values.
+    pub(crate) fn attn_combine(
+        &self,
+        scratch: &AttnScratch,
+        n_splits: &CudaSlice<i32>,
+        out: &mut CudaSlice<bf16>,
+        max_splits: usize,
+        n_pairs: usize,
+        d: usize,
+    ) -> Result<(), CudaError> {
+        const K: &str = "attn_combine";
+        // COMBINE_MAX_SPLITS in the kernel; 256 threads are whole groups of d for d = 64, 128.
+        if max_splits > crate::attention::MAX_DECODE_SPLITS || !(d == 64 || d == 128) {
+            return Err(CudaError::Unsupported { kernel: K, what: format!("{max_splits} splits of dimension {d}") });
+        }
+        let (max_splits, d_i) = (int(K, "max_splits", max_splits)?, int(K, "d", d)?);
+        let blocks = u32::try_from(n_pairs)
+            .map_err(|_| CudaError::Unsupported { kernel: K, what: format!("{n_pairs} (row, head) pairs") })?;
+        let mut l = self.launch(K)?;
+        l.args.arg(&scratch.acc).arg(&scratch.ml).arg(n_splits).arg(out).arg(&max_splits).arg(&d_i);
+        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: argument types match the kernel; the caller checked the sizes.
         unsafe { l.run(cfg) }
     }
 
