@@ -2,7 +2,7 @@
 # Runs infinihip's CUDA tests, CLI checks and timings on the lent GPU machine, from binaries
 # built on the dev machine (docs/CUDA.md says how to prepare the folder and send it).
 #
-#   cuda_device_run.sh STEP...   (STEP: probe, ops, model, cli, attention, ncu-decode; in that order)
+#   cuda_device_run.sh STEP...   (STEP: probe, ops, model, cli, attention, ncu-decode, ncu-hip; in that order)
 #
 # The folder holding this script holds bin/ (stripped test binaries: cuda_unit, gpu_ops,
 # gpu_hip, gpu_model; and infinihip), sdpa_baseline.py, and model/part-* (the default model split in two; the other part
@@ -74,6 +74,12 @@ for step in "$@"; do
         --section SpeedOfLight --section Occupancy --section WarpStateStats --section MemoryWorkloadAnalysis \
         "$bin/infinihip" bench attention --contexts 1m --batches 1 --shapes llama8b --prefill-queries 0 \
         --hip-presets= --reps 2 --warmup 1 ;;
+    ncu-hip)
+      # The duration of every kernel of HiP decode (Llama-3.1-8B shapes, 1M keys, batch 1,
+      # preset flash: each step kind once), one ncu pass each.
+      run ncu ncu --metrics gpu__time_duration.sum --kernel-name regex:'decode_partial|attn_combine|hip_' \
+        "$bin/infinihip" bench attention --contexts 1m --batches 1 --shapes llama8b --prefill-queries 0 \
+        --hip-presets flash --reps 1 --warmup 0 ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
 done
