@@ -129,6 +129,9 @@ pub struct AttentionBenchArgs {
     /// Write an SVG plot of latency against context length to this file.
     #[arg(long, value_name = "PATH")]
     pub plot: Option<PathBuf>,
+    /// Measure nothing: print the table of this earlier report (and write --plot), with no GPU.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["merge", "json"])]
+    pub from_json: Option<PathBuf>,
 }
 
 /// One measurement.
@@ -164,6 +167,13 @@ pub struct Report {
     pub rows: Vec<Row>,
 }
 
+impl Report {
+    /// The same device, commit and command, with no rows.
+    fn clone_meta(&self) -> Self {
+        Self { device: self.device.clone(), commit: self.commit.clone(), command: self.command.clone(), rows: Vec::new() }
+    }
+}
+
 /// Bytes dense attention must read (K and V of every sequence once, bf16) and the FLOPs of its
 /// two matrix products (2·d per query-key pair each), for `n_q` queries at the end of a causal
 /// context of `context` keys.
@@ -177,6 +187,14 @@ fn dense_floor_us(batch: usize, context: usize, n_q: usize, heads: (usize, usize
 }
 
 pub fn attention(args: &AttentionBenchArgs) -> Result<()> {
+    if let Some(path) = &args.from_json {
+        let report = read_report(path)?;
+        println!("{}", table(&report.rows));
+        if let Some(plot_path) = &args.plot {
+            write(plot_path, &plot(&report))?;
+        }
+        return Ok(());
+    }
     ensure!(args.reps > 0, "--reps must be at least 1");
     ensure!(!args.batches.is_empty() && args.batches.iter().all(|&b| b > 0), "--batches must be positive");
     infinihip_cuda::check_libraries().context("bench attention needs a CUDA GPU")?;
@@ -255,9 +273,7 @@ pub fn attention(args: &AttentionBenchArgs) -> Result<()> {
     }
 
     for path in &args.merge {
-        let text = std::fs::read_to_string(path).with_context(|| format!("--merge: reading {}", path.display()))?;
-        let other: Report =
-            serde_json::from_str(&text).with_context(|| format!("--merge: {} is not a report", path.display()))?;
+        let other = read_report(path).context("--merge")?;
         if other.device != info.name {
             eprintln!("note: {} was measured on {}, this run on {}", path.display(), other.device, info.name);
         }
@@ -294,6 +310,11 @@ pub fn attention(args: &AttentionBenchArgs) -> Result<()> {
         write(path, &plot(&report))?;
     }
     Ok(())
+}
+
+fn read_report(path: &Path) -> Result<Report> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not a bench attention report", path.display()))
 }
 
 fn clock_seed() -> u64 {
@@ -733,8 +754,11 @@ fn table(rows: &[Row]) -> String {
 }
 
 /// The SVG plot: one panel per (phase, shape, batch), latency against context on log–log axes,
-/// one polyline per method.
+/// one polyline per method. HiP's per-step-kind rows (those with a variant) stay in the table
+/// and the JSON; the plot shows the amortised figure, so that its lines can be told apart.
 fn plot(report: &Report) -> String {
+    let headline: Vec<Row> = report.rows.iter().filter(|r| r.variant.is_none()).cloned().collect();
+    let report = &Report { rows: headline, ..report.clone_meta() };
     let mut panels: Vec<(String, usize, usize, usize, usize)> = Vec::new();
     for r in &report.rows {
         let key = (r.phase.clone(), r.q_heads, r.kv_heads, r.head_dim, r.batch);
@@ -927,6 +951,7 @@ mod tests {
                 row("decode", 1 << 20, "dense", 1500.0),
                 row("decode", 1 << 20, "torch-sdpa-cudnn", 1443.0),
                 row("prefill_chunk", 1 << 20, "dense", 2e6),
+                Row { variant: Some("cached mask".into()), ..row("decode", 1 << 20, "hip-flash", 40.0) },
             ],
         };
         let json = serde_json::to_string(&report).unwrap();
@@ -939,6 +964,7 @@ mod tests {
         assert_eq!((r.rows[0].queries, r.rows[0].variant.as_deref()), (0, None));
         let svg = plot(&report);
         assert_eq!(svg.matches("<polyline").count(), 3, "{svg}");
+        assert!(!svg.contains("cached mask") && table(&report.rows).contains("hip-flash (cached mask)"));
         assert!(svg.contains("decode · llama-3.1-8b · batch 1") && svg.ends_with("</svg>\n"));
         assert!(table(&report.rows).contains("torch-sdpa-cudnn"));
     }
