@@ -128,6 +128,7 @@ impl<B: Backend> Engine<B> {
                 pos_start: input.seq.len(),
                 page_start,
                 page_end: plan.page_ids.len(),
+                last_row_sampled: input.logits == LogitsWanted::Last,
             });
             tokens.extend_from_slice(input.tokens);
             let rows = match input.logits {
