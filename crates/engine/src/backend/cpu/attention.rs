@@ -235,7 +235,7 @@ fn plan_items(call: &Call<'_>, masks: &[Option<SeqMasks>]) -> (Vec<Item>, Vec<Ke
                 }
                 Some((cfg, mask)) => {
                     bsa_key_spans(
-                        cfg.bsa_rope_at(p_last),
+                        cfg.bsa_rope,
                         mask,
                         mask.group_of_kv_head(kv_head),
                         p_last,
