@@ -106,13 +106,9 @@ impl<B: Backend> Engine<B> {
                 what: format!("a step of {n_rows} tokens (1..={} allowed)", self.options.prefill_chunk),
             });
         }
-        let native = self.model.config().context_length;
         for input in inputs.iter_mut() {
             let new_len = input.seq.len() + input.tokens.len();
             self.pool.reserve(input.seq, new_len)?;
-            if let Some(hip) = input.seq.hip_mut() {
-                hip.default_native_context(native);
-            }
         }
         let mut plan = BatchPlan { seqs: Vec::new(), page_ids: Vec::new(), page_size: self.options.page_size };
         let mut tokens = Vec::with_capacity(n_rows);
@@ -128,6 +124,7 @@ impl<B: Backend> Engine<B> {
                 pos_start: input.seq.len(),
                 page_start,
                 page_end: plan.page_ids.len(),
+                last_row_sampled: input.logits == LogitsWanted::Last,
             });
             tokens.extend_from_slice(input.tokens);
             let rows = match input.logits {

@@ -42,14 +42,6 @@ impl HipSeqState {
         &self.config
     }
 
-    /// Gives a config that names no native context the model's (see
-    /// `HipConfig::native_context`).
-    pub fn default_native_context(&mut self, model_context: usize) {
-        if self.config.native_context.is_none() {
-            Arc::make_mut(&mut self.config).native_context = Some(model_context);
-        }
-    }
-
     /// The decode mask cache of `layer`.
     pub fn layer_mut(&mut self, layer: usize) -> &mut DecodeMaskCache {
         &mut self.layers[layer]

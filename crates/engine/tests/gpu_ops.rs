@@ -278,6 +278,7 @@ fn plan_step(seqs: &[(usize, usize)], page_size: usize, rng: &mut Rng) -> (Batch
             pos_start: cached,
             page_start,
             page_end: page_start + pages,
+            last_row_sampled: false,
         });
         row += n;
     }

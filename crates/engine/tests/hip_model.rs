@@ -69,18 +69,24 @@ fn hip_equals_dense_when_the_context_fits_in_sink_window_and_k() {
     }
 }
 
-#[test]
-fn hip_prunes_a_long_context_and_stays_close_to_dense() {
-    // A scaled-down preset (sink 32, window 256, k 256) on 1,400 tokens: most of the middle is
-    // pruned. The next-token distribution must stay close to dense attention's.
-    let ids = long_ids();
-    let (prompt, decode) = ids.split_at(1400);
+/// A preset scaled down (sink 32, window 256, k 256) so that 1,400 tokens are mostly pruned.
+fn pruning_config() -> HipConfig {
     let mut cfg = HipConfig::default();
     cfg.merge_json(
         r#"{"n_sink": 32, "n_window": 256, "chunk_sizes": [64, 16, 4], "stage_k": [1024, 512], "k": 256,
             "first_layers": {"count": 3, "pruning_rope": "chunk_indexed", "k": 512}, "refresh": [8, 4, 2]}"#,
     )
     .expect("valid config");
+    cfg
+}
+
+#[test]
+fn hip_prunes_a_long_context_and_stays_close_to_dense() {
+    // Most of the middle is pruned; the next-token distribution must stay close to dense
+    // attention's.
+    let ids = long_ids();
+    let (prompt, decode) = ids.split_at(1400);
+    let cfg = pruning_config();
     let mut engine = engine();
     let dense = run(&mut engine, &AttentionMode::Dense, prompt, &decode[..12]);
     let hip = run(&mut engine, &AttentionMode::Hip(Arc::new(cfg)), prompt, &decode[..12]);
@@ -91,4 +97,24 @@ fn hip_prunes_a_long_context_and_stays_close_to_dense() {
         assert!(max_diff(d, h) > 0.0, "with pruning, HiP must actually differ from dense");
     }
     assert!(agree >= 10, "the top-1 token agrees with dense at only {agree} of 13 steps");
+}
+
+#[test]
+fn a_prompts_sampled_last_token_gets_the_mask_of_a_decode_step() {
+    // The token whose logits are sampled must not share its query block's pooled mask (which
+    // loses what that one query looks for, e.g. the pass key): feeding the prompt at once must
+    // give the logits of feeding all but its last token, then that token as a decode step.
+    let ids = long_ids();
+    let prompt = &ids[..1400];
+    let mode = AttentionMode::Hip(Arc::new(pruning_config()));
+    let mut engine = engine();
+    let whole = run(&mut engine, &mode, prompt, &[]).remove(0);
+    let n_layers = engine.model().config().n_layers;
+    let mut seq = SeqKv::with_attention(&mode, n_layers);
+    let (head, last) = prompt.split_at(prompt.len() - 1);
+    engine.feed(&mut seq, head, LogitsWanted::None, &mut |_, _| {}).expect("prefill");
+    let stepped = engine.feed(&mut seq, last, LogitsWanted::Last, &mut |_, _| {}).expect("decode step");
+    engine.release(&mut seq);
+    let diff = max_diff(&whole, &stepped);
+    assert!(diff < 2e-3, "the prompt's last token and a decode step of it differ by {diff}");
 }

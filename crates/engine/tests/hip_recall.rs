@@ -42,10 +42,11 @@ fn model_path() -> PathBuf {
         .unwrap_or_else(|e| panic!("the default model is needed for this test: {e}"))
 }
 
+/// Plain BSA RoPE, so that the output error against dense measures the mask alone.
 fn scaled_config(native_context: usize) -> HipConfig {
     let mut cfg = HipConfig::from_json(
         r#"{"n_sink": 64, "n_window": 256, "chunk_sizes": [64, 16, 4], "stage_k": [2048, 1024], "k": 512,
-            "first_layers": {"count": 3, "pruning_rope": "chunk_indexed", "k": 512}}"#,
+            "first_layers": {"count": 3, "pruning_rope": "chunk_indexed", "k": 512}, "bsa_rope": "plain"}"#,
     )
     .expect("valid config");
     cfg.native_context = Some(native_context);

@@ -59,7 +59,7 @@ pub fn block_sparse_attention<K: KvSource + ?Sized>(
     for kv_head in 0..shape.n_kv_heads {
         rows.load(block, kv_head);
         bsa_key_spans(
-            cfg.bsa_rope_at(block.pos_last()),
+            cfg.bsa_rope,
             mask,
             mask.group_of_kv_head(kv_head),
             block.pos_last(),

@@ -122,13 +122,12 @@ pub struct HipConfig {
     /// Gemma-style logit soft-cap `c`: scores become `c · tanh(s / c)`; `null` = off. Default
     /// off.
     pub logit_softcap: Option<f32>,
-    /// The model's trained context length (DESIGN.md §4.5). A query block that ends before it
-    /// uses plain RoPE for pruning and for block-sparse attention: the model knows those
-    /// distances, and re-positioning keys there only loses information (on SmolLM2 at 4K
-    /// tokens, relative-style pruning finds less attention mass than random blocks; plain
-    /// finds 2–3× more). From it on, `pruning_rope`, `first_layers` and `bsa_rope` apply.
-    /// `null` = those strategies everywhere; the engine fills in the model's length when a
-    /// config leaves it `null`. Default `null`.
+    /// Opt-in: a context length (typically the model's trained one, DESIGN.md §4.5) inside
+    /// which chunks are scored with plain RoPE; from it on, `pruning_rope` and `first_layers`
+    /// apply. Block-sparse attention follows `bsa_rope` everywhere. `null` (the default) = the
+    /// strategies everywhere: on SmolLM2's passkey at 8K tokens they retrieve where plain RoPE
+    /// does not, although plain pruning captures more attention mass on running text
+    /// (docs/CONFIG.md has both measurements).
     #[serde(default)]
     pub native_context: Option<usize>,
 }
@@ -247,15 +246,6 @@ impl HipConfig {
             PruningRope::Plain
         } else {
             self.layer_params(layer).pruning_rope
-        }
-    }
-
-    /// The block-sparse attention RoPE strategy for a query block ending at `p_last`.
-    pub fn bsa_rope_at(&self, p_last: usize) -> BsaRope {
-        if self.within_native_context(p_last) {
-            BsaRope::Plain
-        } else {
-            self.bsa_rope
         }
     }
 
@@ -551,12 +541,12 @@ mod tests {
     }
 
     #[test]
-    fn plain_rope_inside_the_native_context() {
+    fn plain_pruning_rope_inside_the_native_context() {
         let mut cfg = HipConfig::default();
         assert_eq!(cfg.pruning_rope_at(5, 100), PruningRope::Relative, "no native context: the strategies everywhere");
         cfg.merge_json(r#"{"native_context": 8192}"#).unwrap();
-        assert_eq!((cfg.pruning_rope_at(5, 8191), cfg.bsa_rope_at(8191)), (PruningRope::Plain, BsaRope::Plain));
-        assert_eq!((cfg.pruning_rope_at(5, 8192), cfg.bsa_rope_at(8192)), (PruningRope::Relative, BsaRope::Streaming));
+        assert_eq!(cfg.pruning_rope_at(5, 8191), PruningRope::Plain);
+        assert_eq!(cfg.pruning_rope_at(5, 8192), PruningRope::Relative);
         assert_eq!(cfg.pruning_rope_at(1, 9000), PruningRope::ChunkIndexed);
     }
 }

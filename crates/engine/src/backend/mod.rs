@@ -58,6 +58,10 @@ pub struct SeqSlice {
     /// cover at least `pos_start + n_tokens` positions.
     pub page_start: usize,
     pub page_end: usize,
+    /// The logits of this sequence's last new token are sampled (a prompt's end). HiP gives
+    /// that token a mask of its own, as a decode step would, instead of the one its query block
+    /// shares: pooled over 64 queries, the block's mask loses what the final query looks for.
+    pub last_row_sampled: bool,
 }
 
 impl SeqSlice {

@@ -172,20 +172,30 @@ fn hip_masks(call: &Call<'_>, hip: &mut [Option<&mut HipSeqState>]) -> Result<Ve
             masks.push(Some(SeqMasks { config, blocks: vec![(0..1, step.mask)] }));
         } else {
             // Query blocks follow the absolute grid of b_q, so a chunked prefill gives the same
-            // blocks as an unchunked one.
+            // blocks as an unchunked one. A sampled last token is a block of its own, estimated
+            // by a fresh decode cache so that the decode steps after it continue its cycle.
             let cfg = &*config;
             let b_q = cfg.b_q;
+            let n_grid = if seq.last_row_sampled { seq.n_tokens - 1 } else { seq.n_tokens };
             let mut bounds = Vec::new();
             let mut t0 = 0;
-            while t0 < seq.n_tokens {
+            while t0 < n_grid {
                 let pos = seq.pos_start + t0;
-                let t1 = (t0 + b_q - pos % b_q).min(seq.n_tokens);
+                let t1 = (t0 + b_q - pos % b_q).min(n_grid);
                 bounds.push(t0..t1);
                 t0 = t1;
             }
-            let blocks: Result<Vec<_>, _> =
-                bounds.into_par_iter().map(|r| estimate_mask(cfg, &block_at(r.start, r.end)).map(|m| (r, m))).collect();
-            masks.push(Some(SeqMasks { blocks: blocks?, config }));
+            let mut blocks = bounds
+                .into_par_iter()
+                .map(|r| estimate_mask(cfg, &block_at(r.start, r.end)).map(|m| (r, m)))
+                .collect::<Result<Vec<_>, _>>()?;
+            if seq.last_row_sampled {
+                let cache = state.layer_mut(call.layer);
+                cache.reset();
+                let last = n_grid..seq.n_tokens;
+                blocks.push((last.clone(), cache.step(cfg, &block_at(last.start, last.end))?.mask));
+            }
+            masks.push(Some(SeqMasks { blocks, config }));
         }
     }
     Ok(masks)
@@ -225,7 +235,7 @@ fn plan_items(call: &Call<'_>, masks: &[Option<SeqMasks>]) -> (Vec<Item>, Vec<Ke
                 }
                 Some((cfg, mask)) => {
                     bsa_key_spans(
-                        cfg.bsa_rope_at(p_last),
+                        cfg.bsa_rope,
                         mask,
                         mask.group_of_kv_head(kv_head),
                         p_last,
