@@ -370,7 +370,7 @@ fn time_hip(
     };
     let layer = args.hip_layer;
     let mut cache = HipDecodeLayer::new(gpu, cfg, layer, batch, w)?;
-    let plan = BsaPlan::new(gpu, cfg, layer, &seqs, h, batch, pos)?;
+    let plan = BsaPlan::new(gpu, cfg, layer, &seqs, h, batch)?;
     let slots = batch * h * plan.max_splits;
     let mut scratch = AttnScratch { acc: gpu.alloc_zeros(slots * d)?, ml: gpu.alloc_zeros(slots * 2)? };
     let mut out = gpu.alloc_zeros::<bf16>(batch * h * d)?;

@@ -123,7 +123,7 @@ pub struct BsaPlan {
 
 impl BsaPlan {
     /// Plans `seqs` (mask index = position in `seqs`) of `layer` for `n_heads` query heads over
-    /// `n_rows` activation rows. `pos_last` picks the RoPE strategy (`HipConfig::bsa_rope_at`).
+    /// `n_rows` activation rows, with the RoPE strategy of `cfg.bsa_rope`.
     pub fn new(
         gpu: &Gpu,
         cfg: &HipConfig,
@@ -131,10 +131,9 @@ impl BsaPlan {
         seqs: &[HipSeq],
         n_heads: usize,
         n_rows: usize,
-        pos_last: usize,
     ) -> Result<Self, CudaError> {
         let k = cfg.layer_params(layer).k;
-        let streaming = cfg.bsa_rope_at(pos_last) == BsaRope::Streaming;
+        let streaming = cfg.bsa_rope == BsaRope::Streaming;
         let n_sms = gpu.info().multiprocessors;
         let mut descs = Vec::with_capacity(seqs.len());
         let mut n_splits = vec![0i32; n_rows * n_heads];
@@ -344,7 +343,7 @@ pub fn oracle_check(
 
     for bsa_rope in [BsaRope::Streaming, BsaRope::Plain] {
         let cfg = HipConfig { bsa_rope, ..cfg.clone() };
-        let plan = BsaPlan::new(gpu, &cfg, layer, &seqs, h, seqs.len(), max_pos).map_err(cuda)?;
+        let plan = BsaPlan::new(gpu, &cfg, layer, &seqs, h, seqs.len()).map_err(cuda)?;
         let slots = seqs.len() * h * plan.max_splits;
         let mut scratch =
             AttnScratch { acc: gpu.alloc_zeros(slots * d).map_err(cuda)?, ml: gpu.alloc_zeros(slots * 2).map_err(cuda)? };
