@@ -22,7 +22,9 @@ use infinihip_core::hip::{
 };
 use infinihip_core::rope::{RopeConfig, RopeScaling, RopeStyle, RopeTable};
 use infinihip_cuda::attention::DecodeSeq;
-use infinihip_cuda::hip::{plan_bsa_seq, BsaDecode, HipInputs, HipScratch, HipSeq, HipStage, PruningStrategy, StageOutput};
+use infinihip_cuda::hip::{
+    plan_bsa_seq, BsaDecode, HipInputs, HipScratch, HipSeq, HipStage, PruningStrategy, StageOutput,
+};
 use infinihip_cuda::ops::{AttnScratch, AttnShape, KvGeometry};
 use infinihip_cuda::{bf16, CudaError, CudaSlice, Gpu};
 
@@ -49,7 +51,13 @@ pub struct HipDecodeLayer {
 
 impl HipDecodeLayer {
     /// Buffers for `n_seqs` sequences whose window ends are at most `max_window_end`.
-    pub fn new(gpu: &Gpu, cfg: &HipConfig, layer: usize, n_seqs: usize, max_window_end: usize) -> Result<Self, CudaError> {
+    pub fn new(
+        gpu: &Gpu,
+        cfg: &HipConfig,
+        layer: usize,
+        n_seqs: usize,
+        max_window_end: usize,
+    ) -> Result<Self, CudaError> {
         let mut stages = Vec::new();
         let mut max_cand = Vec::new();
         for (s, &l_c) in cfg.chunk_sizes.iter().enumerate() {
@@ -66,7 +74,14 @@ impl HipDecodeLayer {
     }
 
     /// Recomputes stages `from..n_stages` for every sequence of `inp`.
-    pub fn refresh(&mut self, gpu: &Gpu, inp: &HipInputs<'_>, cfg: &HipConfig, pos_last: usize, from: usize) -> Result<(), CudaError> {
+    pub fn refresh(
+        &mut self,
+        gpu: &Gpu,
+        inp: &HipInputs<'_>,
+        cfg: &HipConfig,
+        pos_last: usize,
+        from: usize,
+    ) -> Result<(), CudaError> {
         let rope = strategy(cfg.pruning_rope_at(self.layer, pos_last));
         for s in from..cfg.n_stages() {
             let l_c = cfg.chunk_sizes[s];
@@ -97,7 +112,8 @@ impl HipDecodeLayer {
         scratch: &mut AttnScratch,
         out: &mut CudaSlice<bf16>,
     ) -> Result<(), CudaError> {
-        let mask = self.stages.last().ok_or(CudaError::Unsupported { kernel: "decode_partial", what: "no stages".into() })?;
+        let mask =
+            self.stages.last().ok_or(CudaError::Unsupported { kernel: "decode_partial", what: "no stages".into() })?;
         let bsa = BsaDecode {
             seqs: &plan.seqs,
             n_seqs: plan.n_seqs,
@@ -142,7 +158,10 @@ impl BsaPlan {
             let (d, splits) = plan_bsa_seq(*s, i, cfg.n_sink, k, streaming, seqs.len(), n_sms);
             let row = s.row as usize;
             if row >= n_rows {
-                return Err(CudaError::Unsupported { kernel: "decode_partial", what: format!("row {row} of {n_rows}") });
+                return Err(CudaError::Unsupported {
+                    kernel: "decode_partial",
+                    what: format!("row {row} of {n_rows}"),
+                });
             }
             n_splits[row * n_heads..(row + 1) * n_heads].fill(splits as i32);
             max_splits = max_splits.max(splits);
@@ -325,7 +344,11 @@ pub fn oracle_check(
             let want = cpu.starts(0);
             let tokens: usize = want.iter().map(|&st| cpu.range(st).len()).sum();
             if got.len() != want.len() {
-                return Err(format!("{what}: seq {b} stage {s}: {} chunks kept on the GPU, {} on the CPU", got.len(), want.len()));
+                return Err(format!(
+                    "{what}: seq {b} stage {s}: {} chunks kept on the GPU, {} on the CPU",
+                    got.len(),
+                    want.len()
+                ));
             }
             if let Some(i) = got.iter().zip(want).position(|(x, y)| x != y) {
                 return Err(format!(
@@ -334,9 +357,15 @@ pub fn oracle_check(
                 ));
             }
             if counts[2 * b + 1] as usize != tokens {
-                return Err(format!("{what}: seq {b} stage {s}: {} tokens on the GPU, {tokens} on the CPU", counts[2 * b + 1]));
+                return Err(format!(
+                    "{what}: seq {b} stage {s}: {} tokens on the GPU, {tokens} on the CPU",
+                    counts[2 * b + 1]
+                ));
             }
-            lines.push(format!("{what}: seq {b} (p = {pos}) stage {s}: the {} kept chunks ({tokens} tokens) equal the CPU's", n));
+            lines.push(format!(
+                "{what}: seq {b} (p = {pos}) stage {s}: the {} kept chunks ({tokens} tokens) equal the CPU's",
+                n
+            ));
             prev = Some(cpu);
         }
     }
@@ -345,8 +374,10 @@ pub fn oracle_check(
         let cfg = HipConfig { bsa_rope, ..cfg.clone() };
         let plan = BsaPlan::new(gpu, &cfg, layer, &seqs, h, seqs.len()).map_err(cuda)?;
         let slots = seqs.len() * h * plan.max_splits;
-        let mut scratch =
-            AttnScratch { acc: gpu.alloc_zeros(slots * d).map_err(cuda)?, ml: gpu.alloc_zeros(slots * 2).map_err(cuda)? };
+        let mut scratch = AttnScratch {
+            acc: gpu.alloc_zeros(slots * d).map_err(cuda)?,
+            ml: gpu.alloc_zeros(slots * 2).map_err(cuda)?,
+        };
         let mut out = gpu.upload(&vec![bf16::NAN; q.len()]).map_err(cuda)?;
         cache.attend(gpu, &inp, &plan, &mut scratch, &mut out).map_err(cuda)?;
         let got: Vec<f32> = gpu.download(&out, q.len()).map_err(cuda)?.iter().map(|x| x.to_f32()).collect();

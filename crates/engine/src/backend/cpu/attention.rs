@@ -234,13 +234,7 @@ fn plan_items(call: &Call<'_>, masks: &[Option<SeqMasks>]) -> (Vec<Item>, Vec<Ke
                     tile_spans.push(KeySpan { keys: 0..p_last + 1, rope_start: 0 });
                 }
                 Some((cfg, mask)) => {
-                    bsa_key_spans(
-                        cfg.bsa_rope,
-                        mask,
-                        mask.group_of_kv_head(kv_head),
-                        p_last,
-                        &mut tile_spans,
-                    );
+                    bsa_key_spans(cfg.bsa_rope, mask, mask.group_of_kv_head(kv_head), p_last, &mut tile_spans);
                 }
             }
             let n_keys: usize = tile_spans.iter().map(|s| s.keys.len()).sum();
