@@ -293,17 +293,7 @@ impl Backend for CudaBackend {
 
     fn load_matrix(&self, tensor: &TensorRef) -> Result<CudaMatrix, EngineError> {
         let info = tensor.info();
-        let [n_in, n_out] = match info.dims[..] {
-            [a, b] => [a as usize, b as usize],
-            [a] => [a as usize, 1],
-            _ => {
-                return Err(EngineError::TensorShape {
-                    tensor: info.name.clone(),
-                    found: info.dims.clone(),
-                    expected: vec![0, 0],
-                })
-            }
-        };
+        let [n_in, n_out] = tensor.matrix_dims()?;
         // Dequantise row by row in parallel: rows are whole blocks (checked by the model).
         let ty = info.ty;
         let row_bytes =

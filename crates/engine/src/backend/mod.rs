@@ -36,6 +36,20 @@ impl TensorRef {
         &self.info
     }
 
+    /// `[n_in, n_out]` of a matrix (GGUF lists the inner dimension first); a vector is one
+    /// column. Any other rank is an error naming the tensor.
+    pub fn matrix_dims(&self) -> Result<[usize; 2], EngineError> {
+        match self.info.dims[..] {
+            [a, b] => Ok([a as usize, b as usize]),
+            [a] => Ok([a as usize, 1]),
+            _ => Err(EngineError::TensorShape {
+                tensor: self.info.name.clone(),
+                found: self.info.dims.clone(),
+                expected: vec![0, 0],
+            }),
+        }
+    }
+
     pub fn name(&self) -> &str {
         &self.info.name
     }

@@ -193,18 +193,7 @@ impl Backend for CpuBackend {
     }
 
     fn load_matrix(&self, tensor: &TensorRef) -> Result<CpuMatrix, EngineError> {
-        let info = tensor.info();
-        let [n_in, n_out] = match info.dims[..] {
-            [a, b] => [a as usize, b as usize],
-            [a] => [a as usize, 1],
-            _ => {
-                return Err(EngineError::TensorShape {
-                    tensor: info.name.clone(),
-                    found: info.dims.clone(),
-                    expected: vec![0, 0],
-                })
-            }
-        };
+        let [n_in, n_out] = tensor.matrix_dims()?;
         Ok(CpuMatrix { tensor: tensor.clone(), n_out, n_in })
     }
 
