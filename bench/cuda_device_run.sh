@@ -2,7 +2,7 @@
 # Runs infinihip's CUDA tests, CLI checks and timings on the lent GPU machine, from binaries
 # built on the dev machine (docs/CUDA.md says how to prepare the folder and send it).
 #
-#   cuda_device_run.sh STEP...   (STEP: probe, ops, model, cli, attention, ncu-decode, ncu-hip; in that order)
+#   cuda_device_run.sh STEP...   (STEP: probe, ops, model, cli, passkey, attention, ncu-decode, ncu-hip)
 #
 # The folder holding this script holds bin/ (stripped test binaries: cuda_unit, gpu_ops,
 # gpu_hip, gpu_model; and infinihip), sdpa_baseline.py, and model/part-* (the default model split in two; the other part
@@ -60,7 +60,13 @@ for step in "$@"; do
     cli)
       run cli "$bin/infinihip" run "What is the capital of France?" --temperature 0 --device cuda -m "$model"
       run cli "$bin/infinihip" run "What is the capital of France?" --temperature 0 --device auto -m "$model" -n 16
+      run cli "$bin/infinihip" run "What is the capital of France?" --temperature 0 --device cuda --attention hip -m "$model" -n 16
       run cli "$bin/infinihip" bench cpu --device cuda -m "$model" --prompt-tokens 512 --gen-tokens 128 --reps 3 --json "$out/bench-cuda.json" ;;
+    passkey)
+      # HiP passkey on the GPU; PASSKEY_LENGTHS / PASSKEY_TRIALS narrow it.
+      if [ ! -e "$model" ]; then cat /tmp/models/part-* "$here"/model/part-* > "$model"; fi
+      run passkey "$bin/infinihip" eval passkey --device cuda --attention hip --lengths "${PASSKEY_LENGTHS:-32k}" \
+        --trials "${PASSKEY_TRIALS:-10}" -m "$model" --json "$out/passkey-hip-gpu.json" --plot "$out/passkey-hip-gpu.svg" ;;
     attention)
       # External dense baselines first (PyTorch SDPA), then ours, merged into one report.
       # BENCH_ARGS narrows the sweep for both (e.g. "--contexts 32k,1m --batches 1").

@@ -72,7 +72,7 @@ pub fn cpu(
         bail!("--prompt-tokens and --reps must be at least 1");
     }
     let opened = Opened::new(&model.path)?;
-    with_engine!(opened, model, &attention, prompt_tokens + gen_tokens + 1, |engine, device| {
+    with_engine!(opened, model, prompt_tokens + gen_tokens + 1, |engine, device| {
         let unit = opened.tokenizer.encode(FILLER, false)?;
         let prompt: Vec<u32> = unit.iter().copied().cycle().take(prompt_tokens).collect();
         let threads = device.threads;

@@ -31,14 +31,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, ensure, Context, Result};
 use half::bf16;
 use infinihip_core::hip::{dense_causal_attention, AttnShape as HipShape, QueryBlock, VecKv};
-use infinihip_core::rope::{RopeConfig, RopeScaling, RopeStyle, RopeTable};
-use infinihip_cuda::attention::{self as plan, SeqDesc};
-use infinihip_cuda::ops::{AttnScratch, AttnShape, AttnStep, KvGeometry};
 use infinihip_core::hip::{first_stage_to_refresh, HipConfig};
+use infinihip_core::rope::{RopeConfig, RopeScaling, RopeStyle, RopeTable};
+use infinihip_cuda::attention::{DevicePlan, SeqDesc};
 use infinihip_cuda::hip::{HipInputs, HipSeq};
+use infinihip_cuda::ops::{AttnScratch, AttnShape, KvGeometry, StepMasks};
 use infinihip_cuda::timing::{median, Timer};
 use infinihip_cuda::{CudaSlice, Gpu};
-use infinihip_engine::hip_gpu::{oracle_check, window_end, BsaPlan, HipDecodeLayer};
+use infinihip_engine::hip_gpu::{hip_entry, masked_run, oracle_check, window_end, HipStages};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -170,7 +170,12 @@ pub struct Report {
 impl Report {
     /// The same device, commit and command, with no rows.
     fn clone_meta(&self) -> Self {
-        Self { device: self.device.clone(), commit: self.commit.clone(), command: self.command.clone(), rows: Vec::new() }
+        Self {
+            device: self.device.clone(),
+            commit: self.commit.clone(),
+            command: self.command.clone(),
+            rows: Vec::new(),
+        }
     }
 }
 
@@ -211,9 +216,14 @@ pub fn attention(args: &AttentionBenchArgs) -> Result<()> {
             .with_context(|| format!("dense attention of {} shapes against the CPU oracle", shape.name()))?;
         if !presets.is_empty() {
             let seed = clock_seed();
-            let lines = oracle_check(&gpu, seed, shape.heads(), args.hip_layer, &[40_000, 30_000])
+            let lines = oracle_check(&gpu, seed, shape.heads(), args.hip_layer, &[40_000, 30_000], 1)
                 .map_err(|e| anyhow::anyhow!("HiP decode against the CPU oracle (seed {seed}): {e}"))?;
-            eprintln!("  check {} (seed {seed}): {} checks passed; {}", shape.name(), lines.len(), lines[lines.len() - 1]);
+            eprintln!(
+                "  check {} (seed {seed}): {} checks passed; {}",
+                shape.name(),
+                lines.len(),
+                lines[lines.len() - 1]
+            );
         }
     }
 
@@ -242,7 +252,8 @@ pub fn attention(args: &AttentionBenchArgs) -> Result<()> {
                         continue;
                     }
                     let mut case = DenseCase::filled(&gpu, shape, batch, context, n_q, 0x5eed ^ context as u64)?;
-                    let (warmup, reps) = if n_q == 1 { (args.warmup, args.reps) } else { (1, args.prefill_reps.max(1)) };
+                    let (warmup, reps) =
+                        if n_q == 1 { (args.warmup, args.reps) } else { (1, args.prefill_reps.max(1)) };
                     let times = timer.time_us(&gpu, warmup, reps, || case.run(&gpu, &rope))?;
                     let row = Row {
                         phase: phase.to_string(),
@@ -261,7 +272,8 @@ pub fn attention(args: &AttentionBenchArgs) -> Result<()> {
                     rows.push(row);
                     if n_q == 1 {
                         for (name, cfg) in &presets {
-                            for row in time_hip(&gpu, &mut timer, args, &case, &rope, shape, batch, context, name, cfg)? {
+                            for row in time_hip(&gpu, &mut timer, args, &case, &rope, shape, batch, context, name, cfg)?
+                            {
                                 eprintln!("  {}", row_line(&row));
                                 rows.push(row);
                             }
@@ -286,14 +298,8 @@ pub fn attention(args: &AttentionBenchArgs) -> Result<()> {
         }
     }
     rows.sort_by(|a, b| {
-        (&a.phase, b.q_heads, a.batch, a.context, &a.method, &a.variant).cmp(&(
-            &b.phase,
-            a.q_heads,
-            b.batch,
-            b.context,
-            &b.method,
-            &b.variant,
-        ))
+        (&a.phase, b.q_heads, a.batch, a.context, &a.method, &a.variant)
+            .cmp(&(&b.phase, a.q_heads, b.batch, b.context, &b.method, &b.variant))
     });
 
     println!("{}", table(&rows));
@@ -342,9 +348,8 @@ fn time_hip(
     let pos = context - 1;
     let pages = context.div_ceil(PAGE_SIZE);
     let w = window_end(cfg, pos);
-    let seqs: Vec<HipSeq> = (0..batch)
-        .map(|b| HipSeq { row: b as i32, pos: pos as i32, page_start: (b * pages) as i32, window_end: w as i32 })
-        .collect();
+    let layer = args.hip_layer;
+    let seqs: Vec<HipSeq> = (0..batch).map(|b| hip_entry(cfg, layer, b, pos, 1, b * pages, w)).collect();
     let seqs_dev = gpu.upload(&seqs)?;
     let attn_shape = AttnShape {
         n_heads: h,
@@ -367,23 +372,38 @@ fn time_hip(
         shape: attn_shape,
         n_sink: cfg.n_sink,
         n_window: cfg.n_window,
+        max_n_q: 1,
     };
-    let layer = args.hip_layer;
-    let mut cache = HipDecodeLayer::new(gpu, cfg, layer, batch, w)?;
-    let plan = BsaPlan::new(gpu, cfg, layer, &seqs, h, batch)?;
-    let slots = batch * h * plan.max_splits;
-    let mut scratch = AttnScratch { acc: gpu.alloc_zeros(slots * d)?, ml: gpu.alloc_zeros(slots * 2)? };
+    let mut cache = HipStages::new(gpu)?;
+    let runs: Vec<SeqDesc> = seqs.iter().enumerate().map(|(i, e)| masked_run(cfg, e, i)).collect();
+    let plan = DevicePlan::new(gpu, runs, batch, h, hkv, true, cfg.layer_params(layer).k)?;
+    let (acc, ml) = plan.scratch_len(h, d);
+    let mut scratch = AttnScratch { acc: gpu.alloc_zeros(acc)?, ml: gpu.alloc_zeros(ml)? };
     let mut out = gpu.alloc_zeros::<bf16>(batch * h * d)?;
-    cache.refresh(gpu, &inp, cfg, pos, 0)?;
+    let n_layers = layer + 1;
+    cache.refresh(gpu, &inp, cfg, layer, n_layers, w, 0)?;
     // Step kinds: Some(s) refreshes stages s.. first; None attends with the cached mask.
     let kinds: Vec<Option<usize>> = (0..cfg.n_stages()).map(Some).chain([None]).collect();
     let mut kind_us = Vec::new();
     for &from in &kinds {
         let times = timer.time_us(gpu, args.warmup, args.reps, || {
             if let Some(s) = from {
-                cache.refresh(gpu, &inp, cfg, pos, s)?;
+                cache.refresh(gpu, &inp, cfg, layer, n_layers, w, s)?;
             }
-            cache.attend(gpu, &inp, &plan, &mut scratch, &mut out)
+            let masks = StepMasks { masks: cache.masks()?, n_masks: batch, block_k: cfg.block_k() };
+            let step = plan.step(&case.page_ids, Some(masks));
+            gpu.attention(
+                &case.store,
+                case.geometry,
+                0,
+                &case.q,
+                &step,
+                attn_shape,
+                &rope.cos,
+                &rope.sin,
+                &mut scratch,
+                &mut out,
+            )
         })?;
         kind_us.push(median(&times));
     }
@@ -452,7 +472,12 @@ struct DeviceRope {
 }
 
 fn rope_config(shape: HeadShape) -> RopeConfig {
-    RopeConfig { theta: shape.rope_theta(), dim: shape.heads().2, style: RopeStyle::Adjacent, scaling: RopeScaling::None }
+    RopeConfig {
+        theta: shape.rope_theta(),
+        dim: shape.heads().2,
+        style: RopeStyle::Adjacent,
+        scaling: RopeScaling::None,
+    }
 }
 
 impl DeviceRope {
@@ -491,17 +516,8 @@ struct DenseCase {
     store: CudaSlice<bf16>,
     q: CudaSlice<bf16>,
     out: CudaSlice<bf16>,
-    seqs: CudaSlice<SeqDesc>,
-    n_seqs: usize,
     page_ids: CudaSlice<u32>,
-    decode_seqs: CudaSlice<plan::DecodeSeq>,
-    n_decode_seqs: usize,
-    decode: CudaSlice<plan::AttnCta>,
-    n_decode: usize,
-    prefill: CudaSlice<plan::AttnCta>,
-    n_prefill: usize,
-    n_splits: CudaSlice<i32>,
-    max_splits: usize,
+    plan: DevicePlan,
     n_rows: usize,
     scratch: AttnScratch,
 }
@@ -510,15 +526,15 @@ impl DenseCase {
     fn layout(shape: HeadShape, batch: usize, context: usize, n_q: usize) -> (KvGeometry, Vec<SeqDesc>) {
         let (_, hkv, d) = shape.heads();
         let pages = context.div_ceil(PAGE_SIZE);
-        let geometry =
-            KvGeometry { n_layers: 1, n_kv_heads: hkv, head_dim: d, page_size: PAGE_SIZE, capacity_pages: batch * pages };
+        let geometry = KvGeometry {
+            n_layers: 1,
+            n_kv_heads: hkv,
+            head_dim: d,
+            page_size: PAGE_SIZE,
+            capacity_pages: batch * pages,
+        };
         let seqs = (0..batch)
-            .map(|b| SeqDesc {
-                row_start: (b * n_q) as i32,
-                n_tokens: n_q as i32,
-                pos_start: (context - n_q) as i32,
-                page_start: (b * pages) as i32,
-            })
+            .map(|b| SeqDesc::dense((b * n_q) as i32, n_q as i32, (context - n_q) as i32, (b * pages) as i32))
             .collect();
         (geometry, seqs)
     }
@@ -528,7 +544,7 @@ impl DenseCase {
         let (h, hkv, d) = shape.heads();
         let (geometry, seqs) = Self::layout(shape, batch, context, n_q);
         let rows = batch * n_q;
-        let p = plan::plan(&seqs, rows, h, hkv, n_sms, true);
+        let p = infinihip_cuda::attention::plan(&seqs, rows, h, hkv, n_sms, true, 0);
         geometry.total_elems() * 2 + rows * h * d * 4 + rows * h * p.max_splits * (d + 2) * 4
     }
 
@@ -546,47 +562,25 @@ impl DenseCase {
         let (h, hkv, d) = heads;
         let (geometry, seqs) = Self::layout(shape, batch, context, n_q);
         let n_rows = batch * n_q;
-        let p = plan::plan(&seqs, n_rows, h, hkv, gpu.info().multiprocessors, true);
+        let plan = DevicePlan::new(gpu, seqs, n_rows, h, hkv, true, 0)?;
         let page_ids: Vec<u32> = (0..geometry.capacity_pages as u32).collect();
-        let slots = n_rows * h * p.max_splits;
+        let (acc, ml) = plan.scratch_len(h, d);
         Ok(Self {
             heads,
             geometry,
             store: gpu.alloc_zeros(geometry.total_elems())?,
             q: gpu.alloc_zeros(n_rows * h * d)?,
             out: gpu.alloc_zeros(n_rows * h * d)?,
-            n_seqs: seqs.len(),
-            seqs: gpu.upload(&seqs)?,
             page_ids: gpu.upload(&page_ids)?,
-            n_decode_seqs: p.decode_seqs.len(),
-            decode_seqs: gpu.upload(&p.decode_seqs)?,
-            n_decode: p.decode.len(),
-            decode: gpu.upload(&p.decode)?,
-            n_prefill: p.prefill.len(),
-            prefill: gpu.upload(&p.prefill)?,
-            n_splits: gpu.upload(&p.n_splits)?,
-            max_splits: p.max_splits,
+            plan,
             n_rows,
-            scratch: AttnScratch { acc: gpu.alloc_zeros(slots * d)?, ml: gpu.alloc_zeros(slots * 2)? },
+            scratch: AttnScratch { acc: gpu.alloc_zeros(acc)?, ml: gpu.alloc_zeros(ml)? },
         })
     }
 
     fn run(&mut self, gpu: &Gpu, rope: &DeviceRope) -> Result<(), infinihip_cuda::CudaError> {
         let (h, hkv, d) = self.heads;
-        let step = AttnStep {
-            seqs: &self.seqs,
-            n_seqs: self.n_seqs,
-            page_ids: &self.page_ids,
-            decode_seqs: &self.decode_seqs,
-            n_decode_seqs: self.n_decode_seqs,
-            decode: &self.decode,
-            n_decode: self.n_decode,
-            prefill: &self.prefill,
-            n_prefill: self.n_prefill,
-            n_splits: &self.n_splits,
-            max_splits: self.max_splits,
-            n_rows: self.n_rows,
-        };
+        let step = self.plan.step(&self.page_ids, None);
         let shape = AttnShape {
             n_heads: h,
             n_kv_heads: hkv,
@@ -595,7 +589,18 @@ impl DenseCase {
             rope_half: rope.half,
             rope_adjacent: true,
         };
-        gpu.attention(&self.store, self.geometry, 0, &self.q, &step, shape, &rope.cos, &rope.sin, &mut self.scratch, &mut self.out)
+        gpu.attention(
+            &self.store,
+            self.geometry,
+            0,
+            &self.q,
+            &step,
+            shape,
+            &rope.cos,
+            &rope.sin,
+            &mut self.scratch,
+            &mut self.out,
+        )
     }
 }
 
@@ -791,7 +796,9 @@ fn plot(report: &Report) -> String {
         let rows: Vec<&Row> = report
             .rows
             .iter()
-            .filter(|r| &r.phase == phase && r.q_heads == *h && r.kv_heads == *hkv && r.head_dim == *d && r.batch == *batch)
+            .filter(|r| {
+                &r.phase == phase && r.q_heads == *h && r.kv_heads == *hkv && r.head_dim == *d && r.batch == *batch
+            })
             .collect();
         let lx = |v: f64| v.max(1e-9).log2();
         let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);

@@ -172,7 +172,7 @@ pub fn run(
     let text = opened.template.render(&messages, true)?;
     let ids = opened.tokenizer.encode(&text, true)?;
     let ctx = context_tokens(&opened, model, &attention, ids.len() + gen.max_tokens)?;
-    with_engine!(opened, model, &attention, ctx, |engine, _device| {
+    with_engine!(opened, model, ctx, |engine, _device| {
         let mut session = Session::with_attention(&attention.mode(), engine.model().config().n_layers);
         let mut sampler = sampler(gen)?;
         let (stats, reply) = stream_reply(&opened, &mut engine, &mut session, &ids, gen, &mut sampler)?;
@@ -193,7 +193,7 @@ pub fn complete(text: &str, special: bool, model: &ModelArgs, gen: &GenArgs, att
         bail!("the text to complete is empty");
     }
     let ctx = context_tokens(&opened, model, &attention, ids.len() + gen.max_tokens)?;
-    with_engine!(opened, model, &attention, ctx, |engine, _device| {
+    with_engine!(opened, model, ctx, |engine, _device| {
         let mut session = Session::with_attention(&attention.mode(), engine.model().config().n_layers);
         let mut sampler = sampler(gen)?;
         let (stats, _) = stream_reply(&opened, &mut engine, &mut session, &ids, gen, &mut sampler)?;
@@ -212,7 +212,7 @@ pub fn chat(system: Option<&str>, model: &ModelArgs, gen: &GenArgs, attention: &
     let native = ModelConfig::from_metadata(opened.file.metadata(), None)?.context_length;
     let ctx = model.ctx_size.unwrap_or(native);
     warn_past_native(&attention, ctx, native);
-    with_engine!(opened, model, &attention, ctx, |engine, _device| {
+    with_engine!(opened, model, ctx, |engine, _device| {
         let mut sampler = sampler(gen)?;
         let mut session = Session::with_attention(&attention.mode(), engine.model().config().n_layers);
         let mut messages = chat_messages(system);

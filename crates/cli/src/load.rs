@@ -17,7 +17,6 @@ use infinihip_engine::model::llama::Llama;
 use infinihip_engine::{Engine, EngineOptions};
 
 use crate::args::{DeviceChoice, ModelArgs, ModelPath};
-use crate::attention::AttentionChoice;
 
 /// Resolves `--model` / `$INFINIHIP_MODEL` / the default model, fetching the default with a
 /// progress display on stderr.
@@ -97,22 +96,13 @@ impl Chosen {
 }
 
 /// Opens the backend `--device` asks for. `auto` takes CUDA device 0 when it works and the
-/// attention runs there (HiP does not yet), and the CPU otherwise, saying which and why on
-/// stderr; `cuda` fails with the reason instead of falling back.
-pub fn choose_backend(args: &ModelArgs, attention: &AttentionChoice) -> Result<Chosen> {
+/// CPU otherwise, saying which and why on stderr; `cuda` fails with the reason instead of
+/// falling back.
+pub fn choose_backend(args: &ModelArgs) -> Result<Chosen> {
     let cpu = || -> Result<Chosen> { Ok(Chosen::Cpu(CpuBackend::new(args.threads)?)) };
     match args.device {
         DeviceChoice::Cpu => cpu(),
-        DeviceChoice::Cuda if attention.hip.is_some() => {
-            anyhow::bail!(
-                "--device cuda: HiP attention is not implemented on CUDA yet (use --device cpu, or --attention dense)"
-            )
-        }
         DeviceChoice::Cuda => Ok(Chosen::Cuda(Box::new(CudaBackend::new(0).context("--device cuda")?))),
-        DeviceChoice::Auto if attention.hip.is_some() => {
-            eprintln!("infinihip: using the CPU: HiP attention is not implemented on CUDA yet");
-            cpu()
-        }
         DeviceChoice::Auto => match CudaBackend::new(0) {
             Ok(b) => {
                 let d = b.device();
@@ -130,8 +120,8 @@ pub fn choose_backend(args: &ModelArgs, attention: &AttentionChoice) -> Result<C
 /// Runs `$body` with `$engine` bound to a mutable engine on the backend `--device` chose
 /// (the body is compiled once per backend type) and `$device` to its `DeviceSummary`.
 macro_rules! with_engine {
-    ($opened:expr, $args:expr, $attention:expr, $ctx:expr, |$engine:ident, $device:ident| $body:block) => {{
-        let chosen = $crate::load::choose_backend($args, $attention)?;
+    ($opened:expr, $args:expr, $ctx:expr, |$engine:ident, $device:ident| $body:block) => {{
+        let chosen = $crate::load::choose_backend($args)?;
         let $device = chosen.summary();
         match chosen {
             $crate::load::Chosen::Cpu(b) => {

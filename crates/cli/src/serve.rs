@@ -48,7 +48,7 @@ pub fn serve(args: &ServeArgs, model: &ModelArgs, attention: &AttentionArgs) -> 
              attention there degrades (--attention hip stays within it)"
         );
     }
-    with_engine!(opened, model, &attention, kv_tokens, |engine, device| {
+    with_engine!(opened, model, kv_tokens, |engine, device| {
         let config = ServerConfig {
             api: ApiConfig {
                 model_name: model_name(&opened.path),

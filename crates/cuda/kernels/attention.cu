@@ -1,7 +1,9 @@
-// Dense causal attention over the paged, un-rotated KV cache, with RoPE applied inside.
+// Causal attention over the paged, un-rotated KV cache, with RoPE applied inside: dense, or
+// HiP block-sparse over a query block's virtual key list (`key_position` in common.cuh).
 //
-// Oracle: the dense path of crates/engine/src/backend/cpu/attention.rs (`attention` with
-// `hip[i] = None`); crates/engine/tests/gpu_ops.rs checks these kernels against it.
+// Oracles: the dense path of crates/engine/src/backend/cpu/attention.rs (`attention` with
+// `hip[i] = None`, crates/engine/tests/gpu_ops.rs) and `infinihip_core::hip::
+// block_sparse_attention` (crates/engine/tests/gpu_hip.rs).
 //
 // Shapes (DESIGN notation): queries `[rows][H][d]`; cache pages `[layer][K|V][slot][Hkv][d]`
 // (`page_elems` = 2·n_layers·page_size·Hkv·d elements per page); GQA group g = H / Hkv, query
@@ -13,26 +15,34 @@
 // 1. `attn_partial_d{D}_r{ROWS}`: one block per (work item, KV head). A work item (`AttnCta`,
 //    planned on the host by infinihip_cuda::attention::plan) is ROWS consecutive "flat rows"
 //    f = t·g + j (token t of the sequence's step, head j of the group) and one split [k0, k1)
-//    of the key positions. It streams key tiles through shared memory (rotated as they are
+//    of the key list. It streams key tiles through shared memory (rotated as they are
 //    loaded), keeps an online softmax per row, and writes the unnormalised partial
 //    (m, l, acc[d]) of each row for its split. ROWS = 4 serves decode steps (one token, one
 //    warp per row), ROWS = 16 prefill chunks (8 lanes per row).
 // 2. `attn_combine`: merges the splits of each (row, head) and writes acc / l as bf16.
 //
 // Causality is by true position: the query at position p sees keys at positions ≤ p.
+//
+// A `SeqDesc` is a run of consecutive new tokens with one key list: a dense sequence's whole
+// step (n_sink = window_start = its end, no mask), or one HiP query block (its sink, the
+// mask's selected tokens, and its window [w, p_last]).
 
 struct SeqDesc {
-    int row_start;   // first activation row of the sequence's new tokens
-    int n_tokens;    // new tokens in this step
-    int pos_start;   // position of the first new token
-    int page_start;  // the sequence's pages are page_ids[page_start..]
+    int row_start;       // first activation row of the run's tokens
+    int n_tokens;        // tokens in the run
+    int pos_start;       // position of the first token
+    int page_start;      // the sequence's pages are page_ids[page_start..]
+    int n_sink;          // n_s of the key list (dense: the end of the step)
+    int window_start;    // w (dense: the end of the step)
+    int mask;            // index of the run's HiP mask in mask_blocks/mask_tokens, or −1
+    int rope_streaming;  // 1: streaming RoPE positions for the keys, 0: true positions
 };
-static_assert(sizeof(SeqDesc) == 16, "SeqDesc mirrors infinihip_cuda::attention::SeqDesc");
+static_assert(sizeof(SeqDesc) == 32, "SeqDesc mirrors infinihip_cuda::attention::SeqDesc");
 
 struct AttnCta {
     int seq;    // index into seqs
     int f0;     // first flat row
-    int k0;     // key positions [k0, k1) of this split
+    int k0;     // key list indices [k0, k1) of this split
     int k1;
     int split;  // index of the split among the item's splits
 };
@@ -48,6 +58,8 @@ struct AttnParams {
     const float* sin;
     float* part_acc;  // [(row·H + h)·max_splits + split][d]
     float* part_ml;   // [(row·H + h)·max_splits + split][2]: running max, sum of weights
+    const int* mask_blocks;  // [mask][max_blocks] selected block starts, ascending (HiP)
+    const int* mask_tokens;  // [mask][2]: number of blocks, selected tokens
     int n_heads;
     int n_kv_heads;
     int n_layers;
@@ -56,10 +68,12 @@ struct AttnParams {
     int rope_half;
     int rope_adjacent;
     int max_splits;
+    int max_blocks;
+    int block_k;
     float scale;
     int pad;
 };
-static_assert(sizeof(AttnParams) == 112, "AttnParams mirrors infinihip_cuda::attention::AttnParams");
+static_assert(sizeof(AttnParams) == 136, "AttnParams mirrors infinihip_cuda::attention::AttnParams");
 
 // The two components (a, b) of pair i: rotated pairs first, then the unrotated tail in
 // adjacent pairs, so that pairs 0..d/2 cover every component exactly once in either style.
@@ -86,6 +100,8 @@ __device__ __forceinline__ void attn_partial(const AttnParams& p) {
     __shared__ float sK[KT][D + 1];
     __shared__ float sV[KT][D];
     __shared__ float sP[ROWS][KT];
+    __shared__ int sPos[KT];  // the tile's key positions (−1 past the list) and RoPE rows
+    __shared__ int sRope[KT];
 
     const AttnCta c = p.ctas[blockIdx.x];
     const SeqDesc s = p.seqs[c.seq];
@@ -99,9 +115,18 @@ __device__ __forceinline__ void attn_partial(const AttnParams& p) {
     const int h = kvh * g + (active ? f % g : 0);
     const int q_pos = s.pos_start + t;
     const int row = s.row_start + t;
-    // Keys any row of the block may see: up to its last token's position.
+    int n_sel = 0;
+    const int* blocks = nullptr;
+    if (s.mask >= 0) {
+        n_sel = p.mask_tokens[2 * s.mask + 1];
+        blocks = p.mask_blocks + (size_t)s.mask * p.max_blocks;
+    }
+    // Keys any row of the block may see: the list up to its last token's position.
     const int last_flat = min(c.f0 + ROWS, n_flat) - 1;
-    const int key_end = min(c.k1, s.pos_start + last_flat / g + 1);
+    const int p_last = s.pos_start + last_flat / g;
+    const int n_keys = min(s.n_sink, p_last + 1) + n_sel + max(0, p_last + 1 - s.window_start);
+    const int key_end = min(c.k1, n_keys);
+    const int rope_off = s.window_start - n_sel - s.n_sink;
 
     const size_t width = (size_t)p.n_kv_heads * D;
     const size_t layer_page = (size_t)p.page_size * width;
@@ -132,13 +157,20 @@ __device__ __forceinline__ void attn_partial(const AttnParams& p) {
 
     for (int tile = c.k0; tile < key_end; tile += KT) {
         __syncthreads();  // sQ is written (first tile); the previous tile is consumed (later ones)
+        for (int j = threadIdx.x; j < KT; j += THREADS) {
+            const int v = tile + j;
+            const int kp = v < key_end ? key_position(v, s.n_sink, n_sel, blocks, p.block_k, s.window_start) : -1;
+            sPos[j] = kp;
+            sRope[j] = s.rope_streaming ? v + rope_off : kp;
+        }
+        __syncthreads();
         for (int task = threadIdx.x; task < KT * (D / 2); task += THREADS) {
             const int j = task / (D / 2), i = task % (D / 2);
-            const int kp = tile + j;
+            const int kp = sPos[j];
             int a, b;
             pair_of(i, p.rope_half, p.rope_adjacent, a, b);
             float ka = 0.f, kb = 0.f, va = 0.f, vb = 0.f;
-            if (kp < key_end) {
+            if (kp >= 0) {
                 const size_t page = p.page_ids[s.page_start + kp / p.page_size];
                 const bf16* k_row =
                     p.kv + page * page_elems + (2 * (size_t)p.layer) * layer_page + (size_t)(kp % p.page_size) * width + (size_t)kvh * D;
@@ -148,7 +180,8 @@ __device__ __forceinline__ void attn_partial(const AttnParams& p) {
                 va = to_f32(v_row[a]);
                 vb = to_f32(v_row[b]);
                 if (i < p.rope_half) {
-                    const float cs = p.cos[(size_t)kp * p.rope_half + i], sn = p.sin[(size_t)kp * p.rope_half + i];
+                    const size_t rp = (size_t)sRope[j] * p.rope_half + i;
+                    const float cs = p.cos[rp], sn = p.sin[rp];
                     const float ya = ka * cs - kb * sn, yb = ka * sn + kb * cs;
                     ka = ya;
                     kb = yb;
@@ -166,11 +199,11 @@ __device__ __forceinline__ void attn_partial(const AttnParams& p) {
 #pragma unroll
         for (int jj = 0; jj < SPL; ++jj) {
             const int j = lane + jj * LANES;
-            const int kp = tile + j;
+            const int kp = sPos[j];
             float dot = 0.f;
 #pragma unroll 16
             for (int e = 0; e < D; ++e) dot += sQ[r][e] * sK[j][e];
-            const bool visible = active && kp < key_end && kp <= q_pos;
+            const bool visible = active && kp >= 0 && kp <= q_pos;
             score[jj] = visible ? dot : NEG_INF;
             tile_max = fmaxf(tile_max, score[jj]);
         }

@@ -41,3 +41,19 @@ __device__ __forceinline__ float block_sum(float v) {
     for (int w = 0; w < n_warps; ++w) total += partial[w];
     return total;
 }
+
+// The virtual key list of block-sparse attention (DESIGN.md §4.3), shared by the attention
+// kernels: index v of a query's keys is the sink for v < n_s (position v), then the `n_sel`
+// selected tokens of the mask's blocks (starts `blocks`, ascending, `block_k` tokens each;
+// only the last can be clipped at w, so the selected tokens are the first n_sel of that
+// block-major enumeration), then the window from w. Dense attention is n_s ≥ p + 1, no mask.
+// RoPE positions: the key's own under plain RoPE; under streaming RoPE v + (w − n_sel − n_s),
+// which renumbers sink and selection to end just before w and keeps the window's.
+__device__ __forceinline__ int key_position(int v, int n_s, int n_sel, const int* blocks, int block_k, int w) {
+    if (v < n_s) return v;
+    if (v < n_s + n_sel) {
+        const int i = v - n_s;
+        return blocks[i / block_k] + i % block_k;
+    }
+    return w + (v - n_s - n_sel);
+}

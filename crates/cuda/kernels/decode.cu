@@ -5,16 +5,9 @@
 // crates/engine/tests/gpu_ops.rs); block-sparse: `infinihip_core::hip::block_sparse_attention`
 // (crates/engine/tests/gpu_hip.rs).
 //
-// One query token per sequence (a decode step). Its keys are a virtual list v = 0 .. n_keys:
-//   v <  n_s            sink       position v
-//   v <  n_s + K        selected   position blocks[(v − n_s) / block_k] + (v − n_s) % block_k
-//   otherwise           window     position w + (v − n_s − K)
-// with K the mask's selected tokens (0 without a mask) and the window [w, p]. Dense decode is
-// the case n_s = p + 1, no mask, w = p + 1. Only the last selected block can be clipped at w,
-// so the selected tokens are exactly the first K of that block-major enumeration.
-// RoPE positions: `plain`: the key's position; `streaming` (HiP §4.5): v + (w − K − n_s), i.e.
-// sink and selection renumbered to end just before w, the window at its true positions. The
-// query is rotated at its true position p in both.
+// One query token per sequence (a decode step). Its keys are the virtual list of
+// `key_position` (common.cuh): sink, the mask's K selected tokens, window [w, p]. Dense decode
+// is the case n_s = p + 1, no mask, w = p + 1. The query is rotated at its true position p.
 //
 // Layout: grid (split, sequence); one warp per KV head (blockDim = 32·Hkv ≤ 256, and at most
 // 128 registers a thread so that two blocks share a multiprocessor: at one block, 8 warps per
@@ -182,14 +175,7 @@ __device__ __forceinline__ void decode_partial(const DecodeParams& p) {
             valid[u] = v < v1;
             int pos = 0;
             if (valid[u]) {
-                if (v < s.n_sink) {
-                    pos = v;
-                } else if (v < s.n_sink + n_sel) {
-                    const int i = v - s.n_sink;
-                    pos = blocks[i / p.block_k] + i % p.block_k;
-                } else {
-                    pos = s.window_start + (v - s.n_sink - n_sel);
-                }
+                pos = key_position(v, s.n_sink, n_sel, blocks, p.block_k, s.window_start);
                 const size_t page = p.page_ids[s.page_start + pos / p.page_size];
                 const bf16* k_row = kv_layer + page * page_elems + (size_t)(pos % p.page_size) * width;
                 load8(k_row, kx[u]);

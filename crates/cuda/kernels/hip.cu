@@ -1,6 +1,8 @@
-// HiP mask estimation for decode (DESIGN.md §4.2): one pruning stage = `hip_stage_scores`
-// (every candidate chunk scored by the descent) then `hip_topk` (the best chunks kept, on the
-// device, sorted by start for the next stage). One query row per sequence and layer.
+// HiP mask estimation (DESIGN.md §4.2): one pruning stage = `hip_pool_queries` (the block's
+// queries rotated at their pruning positions and averaged into scoring rows), then
+// `hip_stage_scores` (every candidate chunk scored by the descent), then `hip_topk` (the best
+// chunks kept, on the device, sorted by start for the next stage). An entry (`HipSeq`) is one
+// query block: a decode step's single query, or b_q consecutive queries of a prefill chunk.
 //
 // Oracle: `infinihip_core::hip::{run_stage, estimate_mask}` (crates/engine/tests/gpu_hip.rs).
 // The scores are computed bit for bit as the CPU computes them, so the masks are equal, not
@@ -18,12 +20,16 @@
 // `hip_topk` selects the n largest keys with one exact radix select.
 
 struct HipSeq {
-    int row;         // activation row of the query
-    int pos;         // query position p
+    int row;         // activation row of the block's first query
+    int pos;         // position of the block's first query
     int page_start;  // the sequence's pages are page_ids[page_start..]
     int window_end;  // w: candidates lie in [n_sink, w)
+    int n_q;         // queries in the block (rows row .. row + n_q, positions pos ..)
+    int strategy;    // pruning RoPE: 0 relative, 1 chunk-indexed, 2 plain (PruningRope)
+    int pad0;
+    int pad1;
 };
-static_assert(sizeof(HipSeq) == 16, "HipSeq mirrors infinihip_cuda::hip::HipSeq");
+static_assert(sizeof(HipSeq) == 32, "HipSeq mirrors infinihip_cuda::hip::HipSeq");
 
 struct HipStageParams {
     const bf16* q;             // [rows][H][d], un-rotated
@@ -36,6 +42,7 @@ struct HipStageParams {
     const int* prev_counts;    // [seq][2]: kept chunks, their tokens
     unsigned long long* keys;  // [seq][max_cand] out
     int* starts;               // [seq][max_cand] out
+    float* rows;               // [seq][d][max_rows·H]: scoring rows (hip_pool_queries writes)
     int n_heads;
     int n_kv_heads;
     int n_layers;
@@ -49,11 +56,11 @@ struct HipStageParams {
     int ratio;                 // l_{s−1} / l_c, 0 for stage 0
     int prev_stride;
     int max_cand;
-    int strategy;              // 0 relative, 1 chunk-indexed, 2 plain (PruningRope)
     int head_dim;
-    int pad;
+    int query_group;           // queries averaged into one scoring row
+    int max_rows;              // scoring rows per entry at most: ceil(max n_q / query_group)
 };
-static_assert(sizeof(HipStageParams) == 144, "HipStageParams mirrors infinihip_cuda::hip::HipStageParams");
+static_assert(sizeof(HipStageParams) == 152, "HipStageParams mirrors infinihip_cuda::hip::HipStageParams");
 
 // Warps per block of `hip_stage_scores`: each scores one candidate at a time.
 #define HIP_WARPS 2
@@ -73,26 +80,73 @@ __device__ __forceinline__ void rotate_exact(float* x, int d, int row, const Hip
     }
 }
 
-// The CPU's `dot`: 8 lanes over i ≡ j (mod 8) in index order, the lanes summed 0..8, then the
-// tail of d % 8 terms.
-__device__ __forceinline__ float dot_exact(const float* a, const float* b, int d) {
+// The CPU's `dot` of a scoring row (component e at a[e·stride]) with a key: 8 lanes over
+// i ≡ j (mod 8) in index order, the lanes summed 0..8, then the tail of d % 8 terms.
+__device__ __forceinline__ float dot_exact_strided(const float* a, int stride, const float* b, int d) {
     float lanes[8];
 #pragma unroll
     for (int j = 0; j < 8; ++j) lanes[j] = 0.f;
     const int n8 = d / 8 * 8;
     for (int m = 0; m < n8; m += 8) {
 #pragma unroll
-        for (int j = 0; j < 8; ++j) lanes[j] = __fadd_rn(lanes[j], __fmul_rn(a[m + j], b[m + j]));
+        for (int j = 0; j < 8; ++j) lanes[j] = __fadd_rn(lanes[j], __fmul_rn(a[(size_t)(m + j) * stride], b[m + j]));
     }
     float sum = 0.f;
 #pragma unroll
     for (int j = 0; j < 8; ++j) sum = __fadd_rn(sum, lanes[j]);
-    for (int i = n8; i < d; ++i) sum = __fadd_rn(sum, __fmul_rn(a[i], b[i]));
+    for (int i = n8; i < d; ++i) sum = __fadd_rn(sum, __fmul_rn(a[(size_t)i * stride], b[i]));
     return sum;
 }
 
-// One probe: max over heads of row_h · RoPE(key at `key_pos`, rotated at `rope_pos`). The warp
-// stages the rotated key of every KV head in `sk` ([Hkv][d + 1]), then lane h scores head h.
+// The pruning position of a query at `q_pos` (PruningPositions::query).
+__device__ __forceinline__ int pruning_query_pos(int strategy, int q_pos, int n_grid, int n_window) {
+    if (strategy == 0) return n_window + 1;
+    if (strategy == 1) return min(q_pos, n_grid + n_window);
+    return q_pos;
+}
+
+// hip_pool_queries: scoring row r of entry blockIdx.x (QueryRows of the CPU): the mean over
+// queries r·qg .. min((r+1)·qg, n_q) of each head's query rotated at its pruning position,
+// scaled by 1/√d, summed in query order and weighted once, as the CPU does. Grid: (entries,
+// max_rows); block: 128 threads over (head, pair).
+extern "C" __global__ void hip_pool_queries(const HipStageParams p) {
+    const HipSeq s = p.seqs[blockIdx.x];
+    const int r = blockIdx.y, d = p.head_dim, qg = p.query_group;
+    const int n_rows = (s.n_q + qg - 1) / qg;
+    if (r >= n_rows) return;
+    const int t0 = r * qg, t1 = min(s.n_q, t0 + qg);
+    const int l_c = p.chunk_size, w = s.window_end;
+    const int n_grid = w > p.n_sink ? (w - p.n_sink + l_c - 1) / l_c : 0;
+    const float weight = __fdiv_rn(1.0f, __fmul_rn((float)(t1 - t0), __fsqrt_rn((float)d)));
+    const int rh = p.max_rows * p.n_heads;
+    float* out = p.rows + (size_t)blockIdx.x * d * rh;
+    for (int task = threadIdx.x; task < p.n_heads * (d / 2); task += blockDim.x) {
+        const int h = task / (d / 2), i = task % (d / 2);
+        const int a = (i < p.rope_half && !p.rope_adjacent) ? i : 2 * i;
+        const int b = (i < p.rope_half && !p.rope_adjacent) ? i + p.rope_half : 2 * i + 1;
+        float sa = 0.f, sb = 0.f;
+        for (int t = t0; t < t1; ++t) {
+            const bf16* q = p.q + ((size_t)(s.row + t) * p.n_heads + h) * d;
+            float xa = to_f32(q[a]), xb = to_f32(q[b]);
+            if (i < p.rope_half) {
+                const int row = pruning_query_pos(s.strategy, s.pos + t, n_grid, p.n_window);
+                const float c = p.cos[(size_t)row * p.rope_half + i], sn = p.sin[(size_t)row * p.rope_half + i];
+                const float ya = __fsub_rn(__fmul_rn(xa, c), __fmul_rn(xb, sn));
+                const float yb = __fadd_rn(__fmul_rn(xa, sn), __fmul_rn(xb, c));
+                xa = ya;
+                xb = yb;
+            }
+            sa = __fadd_rn(sa, xa);
+            sb = __fadd_rn(sb, xb);
+        }
+        out[(size_t)a * rh + r * p.n_heads + h] = __fmul_rn(sa, weight);
+        out[(size_t)b * rh + r * p.n_heads + h] = __fmul_rn(sb, weight);
+    }
+}
+
+// One probe: max over the entry's scoring rows and heads of row · RoPE(key at `key_pos`,
+// rotated at `rope_pos`). The warp stages the rotated key of every KV head in `sk`
+// ([Hkv][d + 1]), then the lanes score the (row, head) pairs.
 __device__ float probe(const HipStageParams& p, const HipSeq& s, const float* sq, float* sk, int key_pos, int rope_pos) {
     const int lane = threadIdx.x % 32;
     const int d = p.head_dim, ds = d + 1;
@@ -118,8 +172,10 @@ __device__ float probe(const HipStageParams& p, const HipSeq& s, const float* sq
     for (int kvh = 0; kvh < p.n_kv_heads; ++kvh) rotate_exact(sk + kvh * ds, d, rope_pos, p, lane, 32);
     __syncwarp();
     const int g = p.n_heads / p.n_kv_heads;
+    const int n_pairs = (s.n_q + p.query_group - 1) / p.query_group * p.n_heads;
+    const int rh = p.max_rows * p.n_heads;
     float best = NEG_INF;
-    for (int h = lane; h < p.n_heads; h += 32) best = fmaxf(best, dot_exact(sq + h * ds, sk + (h / g) * ds, d));
+    for (int x = lane; x < n_pairs; x += 32) best = fmaxf(best, dot_exact_strided(sq + x, rh, sk + (x % p.n_heads / g) * ds, d));
     return group_max<32>(best);
 }
 
@@ -129,30 +185,15 @@ __device__ __forceinline__ unsigned orderable(float f) {
 }
 
 // Grid: (ceil(max_cand / HIP_WARPS), sequences); block: 32·HIP_WARPS threads; dynamic shared
-// memory: H·(d+1) + HIP_WARPS·Hkv·(d+1) floats.
+// memory: HIP_WARPS·Hkv·(d+1) floats. The scoring rows come from `hip_pool_queries`.
 extern "C" __global__ void hip_stage_scores(const HipStageParams p) {
     extern __shared__ float smem[];
     const HipSeq s = p.seqs[blockIdx.y];
     const int d = p.head_dim, ds = d + 1;
-    float* sq = smem;
-    float* sk = smem + p.n_heads * ds + (threadIdx.x / 32) * p.n_kv_heads * ds;
+    const float* sq = p.rows + (size_t)blockIdx.y * d * p.max_rows * p.n_heads;
+    float* sk = smem + (threadIdx.x / 32) * p.n_kv_heads * ds;
     const int l_c = p.chunk_size, w = s.window_end;
     const int n_grid = w > p.n_sink ? (w - p.n_sink + l_c - 1) / l_c : 0;  // chunks of the stage's whole grid
-
-    // The query row, rotated at its pruning position and scaled by 1 / (1 · √d) as QueryRows.
-    int q_pos = s.pos;
-    if (p.strategy == 0) q_pos = p.n_window + 1;
-    if (p.strategy == 1) q_pos = min(s.pos, n_grid + p.n_window);
-    for (int e = threadIdx.x; e < p.n_heads * d; e += blockDim.x) sq[(e / d) * ds + e % d] = to_f32(p.q[(size_t)s.row * p.n_heads * d + e]);
-    __syncthreads();
-    for (int h = threadIdx.x / 32; h < p.n_heads; h += blockDim.x / 32) rotate_exact(sq + h * ds, d, q_pos, p, threadIdx.x % 32, 32);
-    __syncthreads();
-    const float weight = __fdiv_rn(1.0f, __fmul_rn(1.0f, __fsqrt_rn((float)d)));
-    for (int e = threadIdx.x; e < p.n_heads * d; e += blockDim.x) {
-        float* x = sq + (e / d) * ds + e % d;
-        *x = __fmul_rn(__fadd_rn(0.0f, *x), weight);
-    }
-    __syncthreads();
 
     const int i = blockIdx.x * HIP_WARPS + threadIdx.x / 32;
     if (i >= p.max_cand) return;
@@ -173,14 +214,14 @@ extern "C" __global__ void hip_stage_scores(const HipStageParams p) {
         int l = start, r = min(start + l_c, w);
         float best;
         if (r - l == 1) {
-            best = probe(p, s, sq, sk, l, p.strategy == 0 ? 0 : (p.strategy == 1 ? chunk_rope : l));
+            best = probe(p, s, sq, sk, l, s.strategy == 0 ? 0 : (s.strategy == 1 ? chunk_rope : l));
         } else {
             best = NEG_INF;
             while (r - l > 1) {
                 const int c = l + (r - l) / 2;
                 const int kl = l + (c - l) / 2, kr = c + (r - c) / 2;
-                const float left = probe(p, s, sq, sk, kl, p.strategy == 0 ? 0 : (p.strategy == 1 ? chunk_rope : kl));
-                const float right = probe(p, s, sq, sk, kr, p.strategy == 0 ? 1 : (p.strategy == 1 ? chunk_rope : kr));
+                const float left = probe(p, s, sq, sk, kl, s.strategy == 0 ? 0 : (s.strategy == 1 ? chunk_rope : kl));
+                const float right = probe(p, s, sq, sk, kr, s.strategy == 0 ? 1 : (s.strategy == 1 ? chunk_rope : kr));
                 best = fmaxf(fmaxf(best, left), right);
                 if (right > left) {
                     l = c;

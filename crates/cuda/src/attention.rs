@@ -13,7 +13,15 @@
 //! (`kernels/decode.cu`) as one [`DecodeSeq`] each, whenever it supports the RoPE layout
 //! ([`fast_decode_supported`]); otherwise they are planned as `ROWS = 4` work items.
 
-/// One sequence of the step, as the kernels read it.
+use cudarc::driver::CudaSlice;
+
+use crate::error::CudaError;
+use crate::ops::{AttnStep, StepMasks};
+use crate::runtime::Gpu;
+
+/// A run of consecutive new tokens of one sequence that share a key list, as the kernels read
+/// it: a dense sequence's whole step, or one HiP query block (see `kernels/attention.cu` and
+/// `key_position` in `kernels/common.cuh`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SeqDesc {
@@ -21,8 +29,32 @@ pub struct SeqDesc {
     pub n_tokens: i32,
     pub pos_start: i32,
     pub page_start: i32,
+    /// n_s: the key list starts with positions `[0, n_sink)` (dense: the end of the run).
+    pub n_sink: i32,
+    /// w: the window `[w, p]` ends the list (dense: the end of the run, so no window).
+    pub window_start: i32,
+    /// Index of the run's HiP mask in the step's mask arrays, or −1.
+    pub mask: i32,
+    /// 1: keys at streaming RoPE positions (HiP §4.5), 0: at their own.
+    pub rope_streaming: i32,
 }
-const _: () = assert!(std::mem::size_of::<SeqDesc>() == 16);
+const _: () = assert!(std::mem::size_of::<SeqDesc>() == 32);
+
+impl SeqDesc {
+    /// A dense run: every key up to each token's own position.
+    pub fn dense(row_start: i32, n_tokens: i32, pos_start: i32, page_start: i32) -> Self {
+        let end = pos_start + n_tokens;
+        Self { row_start, n_tokens, pos_start, page_start, n_sink: end, window_start: end, mask: -1, rope_streaming: 0 }
+    }
+
+    /// Keys the list of token `t` of the run can hold, with at most `max_selected` selected
+    /// tokens in its mask: sink, selection, and the window up to the token.
+    pub fn max_keys(&self, t: usize, max_selected: usize) -> usize {
+        let end = self.pos_start as usize + t + 1;
+        let sel = if self.mask >= 0 { max_selected } else { 0 };
+        (self.n_sink.max(0) as usize).min(end) + sel + end.saturating_sub(self.window_start.max(0) as usize)
+    }
+}
 // SAFETY: plain #[repr(C)] integers, mirrored by the kernel's struct.
 unsafe impl cudarc::driver::DeviceRepr for SeqDesc {}
 
@@ -105,7 +137,8 @@ pub struct AttnPlan {
 
 /// Plans a step of `seqs` (rows `0..n_rows` in total) for `n_heads` query and `n_kv_heads` KV
 /// heads on a GPU of `n_sms` multiprocessors; decode sequences go to `decode_partial` when
-/// `fast_decode` (see [`fast_decode_supported`]).
+/// `fast_decode` (see [`fast_decode_supported`]). Runs with a HiP mask select at most
+/// `max_selected` tokens (the kernels clip each split to the mask's true count).
 pub fn plan(
     seqs: &[SeqDesc],
     n_rows: usize,
@@ -113,6 +146,7 @@ pub fn plan(
     n_kv_heads: usize,
     n_sms: usize,
     fast_decode: bool,
+    max_selected: usize,
 ) -> AttnPlan {
     let g = n_heads / n_kv_heads.max(1);
     let rows_of = |s: &SeqDesc| if s.n_tokens == 1 { DECODE_ROWS } else { PREFILL_ROWS };
@@ -125,17 +159,17 @@ pub fn plan(
     let n_decode = seqs.iter().filter(|s| s.n_tokens == 1).count();
     for (si, s) in seqs.iter().enumerate() {
         if fast_decode && s.n_tokens == 1 {
-            let n_keys = s.pos_start as usize + 1;
+            let n_keys = s.max_keys(0, max_selected);
             let (split_len, splits) = decode_splits(n_keys, n_decode, n_sms);
             out.max_splits = out.max_splits.max(splits);
             out.decode_seqs.push(DecodeSeq {
                 row: s.row_start,
                 pos: s.pos_start,
                 page_start: s.page_start,
-                n_sink: n_keys as i32,
-                window_start: n_keys as i32,
-                mask: -1,
-                rope_streaming: 0,
+                n_sink: s.n_sink.min(s.pos_start + 1),
+                window_start: s.window_start,
+                mask: s.mask,
+                rope_streaming: s.rope_streaming,
                 split_len: split_len as i32,
             });
             let row = s.row_start as usize;
@@ -146,7 +180,7 @@ pub fn plan(
         let n_flat = s.n_tokens as usize * g;
         for f0 in (0..n_flat).step_by(rows) {
             let f1 = (f0 + rows).min(n_flat);
-            let key_end = s.pos_start as usize + (f1 - 1) / g + 1;
+            let key_end = s.max_keys((f1 - 1) / g, max_selected);
             let splits = wanted_splits.min(key_end.div_ceil(MIN_SPLIT_KEYS)).max(1);
             let chunk = key_end.div_ceil(splits);
             let splits = key_end.div_ceil(chunk);
@@ -172,6 +206,70 @@ pub fn plan(
     out
 }
 
+/// An [`AttnPlan`] and its runs on the device, for [`crate::ops::AttnStep`]: laid out once
+/// and reused by every layer whose runs are the same.
+pub struct DevicePlan {
+    pub runs: Vec<SeqDesc>,
+    pub plan: AttnPlan,
+    runs_dev: CudaSlice<SeqDesc>,
+    decode_seqs: CudaSlice<DecodeSeq>,
+    decode: CudaSlice<AttnCta>,
+    prefill: CudaSlice<AttnCta>,
+    n_splits: CudaSlice<i32>,
+    n_rows: usize,
+}
+
+impl DevicePlan {
+    /// Plans `runs` (see [`plan`]) and uploads the result.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        gpu: &Gpu,
+        runs: Vec<SeqDesc>,
+        n_rows: usize,
+        n_heads: usize,
+        n_kv_heads: usize,
+        fast_decode: bool,
+        max_selected: usize,
+    ) -> Result<Self, CudaError> {
+        let plan = plan(&runs, n_rows, n_heads, n_kv_heads, gpu.info().multiprocessors, fast_decode, max_selected);
+        Ok(Self {
+            runs_dev: gpu.upload(&runs)?,
+            decode_seqs: gpu.upload(&plan.decode_seqs)?,
+            decode: gpu.upload(&plan.decode)?,
+            prefill: gpu.upload(&plan.prefill)?,
+            n_splits: gpu.upload(&plan.n_splits)?,
+            runs,
+            plan,
+            n_rows,
+        })
+    }
+
+    /// Partial-result slots the step needs: `(acc values, ml values)` for heads of dim `d`.
+    pub fn scratch_len(&self, n_heads: usize, d: usize) -> (usize, usize) {
+        let slots = self.n_rows * n_heads * self.plan.max_splits;
+        (slots * d, slots * 2)
+    }
+
+    /// The step for `gpu.attention` over the pages `page_ids`, with the runs' masks.
+    pub fn step<'a>(&'a self, page_ids: &'a CudaSlice<u32>, masks: Option<StepMasks<'a>>) -> AttnStep<'a> {
+        AttnStep {
+            seqs: &self.runs_dev,
+            n_seqs: self.runs.len(),
+            page_ids,
+            decode_seqs: &self.decode_seqs,
+            n_decode_seqs: self.plan.decode_seqs.len(),
+            decode: &self.decode,
+            n_decode: self.plan.decode.len(),
+            prefill: &self.prefill,
+            n_prefill: self.plan.prefill.len(),
+            n_splits: &self.n_splits,
+            max_splits: self.plan.max_splits,
+            n_rows: self.n_rows,
+            masks,
+        }
+    }
+}
+
 /// Parameters of `attn_partial_*`: device pointers and sizes.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -185,6 +283,8 @@ pub(crate) struct AttnParams {
     pub sin: u64,
     pub part_acc: u64,
     pub part_ml: u64,
+    pub mask_blocks: u64,
+    pub mask_tokens: u64,
     pub n_heads: i32,
     pub n_kv_heads: i32,
     pub n_layers: i32,
@@ -193,10 +293,12 @@ pub(crate) struct AttnParams {
     pub rope_half: i32,
     pub rope_adjacent: i32,
     pub max_splits: i32,
+    pub max_blocks: i32,
+    pub block_k: i32,
     pub scale: f32,
     pub pad: i32,
 }
-const _: () = assert!(std::mem::size_of::<AttnParams>() == 112);
+const _: () = assert!(std::mem::size_of::<AttnParams>() == 136);
 
 /// Parameters of `decode_partial_*`: device pointers and sizes (mirrors `kernels/decode.cu`).
 #[repr(C)]
@@ -242,7 +344,7 @@ mod tests {
     /// exactly `n_splits` items whose key ranges tile its causal range, in split order.
     fn check(seqs: &[SeqDesc], n_heads: usize, n_kv_heads: usize, n_sms: usize) -> AttnPlan {
         let n_rows: usize = seqs.iter().map(|s| s.n_tokens as usize).sum();
-        let p = plan(seqs, n_rows, n_heads, n_kv_heads, n_sms, false);
+        let p = plan(seqs, n_rows, n_heads, n_kv_heads, n_sms, false, 0);
         let g = n_heads / n_kv_heads;
         for (si, s) in seqs.iter().enumerate() {
             let rows = if s.n_tokens == 1 { DECODE_ROWS } else { PREFILL_ROWS };
@@ -274,7 +376,7 @@ mod tests {
 
     #[test]
     fn decode_splits_long_contexts_and_not_short_ones() {
-        let seq = |pos| SeqDesc { row_start: 0, n_tokens: 1, pos_start: pos, page_start: 0 };
+        let seq = |pos| SeqDesc::dense(0, 1, pos, 0);
         // SmolLM2 shapes: 9 heads, 3 KV heads. 8191 keys before the new one: 32 splits of 256.
         let p = check(&[seq(8191)], 9, 3, 132);
         assert_eq!(p.decode.len(), 32);
@@ -291,10 +393,10 @@ mod tests {
     #[test]
     fn mixed_batches_cover_every_row_and_head() {
         let seqs = [
-            SeqDesc { row_start: 0, n_tokens: 1, pos_start: 5000, page_start: 0 },
-            SeqDesc { row_start: 1, n_tokens: 37, pos_start: 300, page_start: 80 },
-            SeqDesc { row_start: 38, n_tokens: 1, pos_start: 0, page_start: 90 },
-            SeqDesc { row_start: 39, n_tokens: 512, pos_start: 0, page_start: 91 },
+            SeqDesc::dense(0, 1, 5000, 0),
+            SeqDesc::dense(1, 37, 300, 80),
+            SeqDesc::dense(38, 1, 0, 90),
+            SeqDesc::dense(39, 512, 0, 91),
         ];
         check(&seqs, 9, 3, 132);
         check(&seqs, 32, 8, 132);
@@ -304,12 +406,8 @@ mod tests {
 
     #[test]
     fn fast_decode_splits_cover_every_key_once() {
-        let seqs = [
-            SeqDesc { row_start: 0, n_tokens: 1, pos_start: 1_048_575, page_start: 0 },
-            SeqDesc { row_start: 1, n_tokens: 37, pos_start: 300, page_start: 80 },
-            SeqDesc { row_start: 38, n_tokens: 1, pos_start: 0, page_start: 90 },
-        ];
-        let p = plan(&seqs, 39, 32, 8, 132, true);
+        let seqs = [SeqDesc::dense(0, 1, 1_048_575, 0), SeqDesc::dense(1, 37, 300, 80), SeqDesc::dense(38, 1, 0, 90)];
+        let p = plan(&seqs, 39, 32, 8, 132, true, 0);
         assert!(p.decode.is_empty());
         assert_eq!(p.decode_seqs.len(), 2);
         for d in &p.decode_seqs {
@@ -323,6 +421,8 @@ mod tests {
         assert_eq!(decode_splits(1 << 20, 2, 132), (4096, 256));
         assert_eq!(decode_splits(3328, 1, 132), (16, 208));
         assert_eq!(decode_splits(10, 1, 132), (16, 1));
-        assert!(fast_decode_supported(64, true) && fast_decode_supported(32, false) && !fast_decode_supported(12, false));
+        assert!(
+            fast_decode_supported(64, true) && fast_decode_supported(32, false) && !fast_decode_supported(12, false)
+        );
     }
 }

@@ -66,7 +66,4 @@ pub enum CudaError {
     /// An argument the kernels cannot take (a shape, a size past their limits).
     #[error("{kernel}: {what}")]
     Unsupported { kernel: &'static str, what: String },
-    /// A feature that the CUDA backend does not have yet; the caller must not fall back silently.
-    #[error("{what} is not implemented on CUDA yet")]
-    NotImplemented { what: &'static str },
 }

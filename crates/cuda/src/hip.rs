@@ -1,7 +1,8 @@
-//! HiP decode on the GPU (DESIGN.md §4.2–4.5): the pruning stages of one decode query per
-//! sequence (`kernels/hip.cu`: scores, then an exact top-k on the device) and block-sparse
-//! decode over sink + selected blocks + window (`decode_partial` of `kernels/decode.cu` with a
-//! mask, then `attn_combine`).
+//! HiP mask estimation on the GPU (DESIGN.md §4.2): the pruning stages of query blocks (a
+//! decode step's one query, or b_q queries of a prefill chunk), `kernels/hip.cu`: the block's
+//! scoring rows, the candidates' descent scores, then an exact top-k on the device.
+//! Block-sparse attention over the resulting masks is the dense attention kernels' key list
+//! with a mask (`ops::StepMasks`).
 //!
 //! A stage reads the previous stage's kept chunk starts straight from device memory, so a
 //! whole mask refresh is a chain of launches with no host round trip. The caller owns the
@@ -14,26 +15,30 @@
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use half::bf16;
 
-use crate::attention::{decode_splits, DecodeParams, DecodeSeq};
 use crate::error::CudaError;
-use crate::ops::{AttnScratch, AttnShape, DeviceAddr, KvGeometry};
+use crate::ops::{AttnShape, DeviceAddr, KvGeometry};
 use crate::runtime::Gpu;
 
-/// One decode sequence of the pruning kernels.
+/// One query block of the pruning kernels.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct HipSeq {
-    /// Activation row of the query.
+    /// Activation row of the block's first query.
     pub row: i32,
-    /// Query position p.
+    /// Position of the block's first query.
     pub pos: i32,
     /// The sequence's pages are `page_ids[page_start..]`.
     pub page_start: i32,
-    /// w: the candidates lie in `[n_sink, w)` (stage 0 sets it; it stays until the next
-    /// stage-0 refresh, DESIGN.md §4.4).
+    /// w: the candidates lie in `[n_sink, w)` (for a decode query, stage 0 sets it and it
+    /// stays until the next stage-0 refresh, DESIGN.md §4.4).
     pub window_end: i32,
+    /// Queries in the block (rows `row..row + n_q`, positions `pos..`).
+    pub n_q: i32,
+    /// The pruning RoPE strategy (`PruningStrategy as i32`).
+    pub strategy: i32,
+    pub pad: [i32; 2],
 }
-const _: () = assert!(std::mem::size_of::<HipSeq>() == 16);
+const _: () = assert!(std::mem::size_of::<HipSeq>() == 32);
 // SAFETY: plain #[repr(C)] integers, mirrored by the kernel's struct.
 unsafe impl cudarc::driver::DeviceRepr for HipSeq {}
 
@@ -59,6 +64,7 @@ struct HipStageParams {
     prev_counts: u64,
     keys: u64,
     starts: u64,
+    rows: u64,
     n_heads: i32,
     n_kv_heads: i32,
     n_layers: i32,
@@ -72,11 +78,11 @@ struct HipStageParams {
     ratio: i32,
     prev_stride: i32,
     max_cand: i32,
-    strategy: i32,
     head_dim: i32,
-    pad: i32,
+    query_group: i32,
+    max_rows: i32,
 }
-const _: () = assert!(std::mem::size_of::<HipStageParams>() == 144);
+const _: () = assert!(std::mem::size_of::<HipStageParams>() == 152);
 // SAFETY: a plain #[repr(C)] struct of integers, mirrored field for field by the kernel's.
 unsafe impl cudarc::driver::DeviceRepr for HipStageParams {}
 
@@ -100,6 +106,8 @@ pub struct HipInputs<'a> {
     pub shape: AttnShape,
     pub n_sink: usize,
     pub n_window: usize,
+    /// The most queries of one entry (1 for decode steps, b_q for prefill blocks).
+    pub max_n_q: usize,
 }
 
 /// One stage: its chunk size, what it keeps, and where its input and output live.
@@ -107,7 +115,8 @@ pub struct HipStage<'a> {
     pub chunk_size: usize,
     /// Chunks kept (`budget / chunk_size`).
     pub n_keep: usize,
-    pub strategy: PruningStrategy,
+    /// Queries averaged into one scoring row.
+    pub query_group: usize,
     /// Candidates per sequence at most (stage 0: the largest grid; later stages:
     /// `prev n_keep · ratio`); the scratch must hold `n_seqs · max_cand`.
     pub max_cand: usize,
@@ -129,59 +138,41 @@ impl StageOutput {
     }
 }
 
-/// Per-candidate scratch of a stage: rank keys and starts, `[seq][max_cand]`.
+/// Scratch of a stage: rank keys and starts per candidate (`[seq][max_cand]`), and the
+/// scoring rows (`[seq][d][rows·H]` f32).
 pub struct HipScratch {
     pub keys: CudaSlice<u64>,
     pub starts: CudaSlice<i32>,
+    pub rows: CudaSlice<f32>,
 }
 
 impl HipScratch {
-    pub fn new(gpu: &Gpu, elems: usize) -> Result<Self, CudaError> {
-        Ok(Self { keys: gpu.alloc_zeros(elems)?, starts: gpu.alloc_zeros(elems)? })
+    /// Room for `candidates` candidates and `row_values` scoring-row values in all.
+    pub fn new(gpu: &Gpu, candidates: usize, row_values: usize) -> Result<Self, CudaError> {
+        Ok(Self {
+            keys: gpu.alloc_zeros(candidates)?,
+            starts: gpu.alloc_zeros(candidates)?,
+            rows: gpu.alloc_zeros(row_values)?,
+        })
+    }
+
+    /// Grows the buffers (contents are not kept) to the given sizes.
+    pub fn ensure(&mut self, gpu: &Gpu, candidates: usize, row_values: usize) -> Result<(), CudaError> {
+        if self.keys.len() < candidates {
+            self.keys = gpu.alloc_zeros(candidates.next_power_of_two())?;
+            self.starts = gpu.alloc_zeros(candidates.next_power_of_two())?;
+        }
+        if self.rows.len() < row_values {
+            self.rows = gpu.alloc_zeros(row_values.next_power_of_two())?;
+        }
+        Ok(())
     }
 }
 
-/// The block-sparse decode step of a batch: per sequence its query, window and mask index.
-pub struct BsaDecode<'a> {
-    /// `DecodeSeq`s with `mask` = the sequence's index in the mask arrays.
-    pub seqs: &'a CudaSlice<DecodeSeq>,
-    pub n_seqs: usize,
-    pub mask: &'a StageOutput,
-    pub block_k: usize,
-    /// Split counts of each (row, head) for `attn_combine`, `[rows][H]`.
-    pub n_splits: &'a CudaSlice<i32>,
-    pub max_splits: usize,
-    pub n_rows: usize,
-}
-
-/// Plans the block-sparse decode of one sequence: at most `n_sink_keys + k + window` keys,
-/// split for `n_seqs` sequences on `n_sms` multiprocessors. Returns the sequence and its
-/// split count.
-#[allow(clippy::too_many_arguments)]
-pub fn plan_bsa_seq(
-    seq: HipSeq,
-    mask_index: usize,
-    n_sink: usize,
-    k: usize,
-    streaming: bool,
-    n_seqs: usize,
-    n_sms: usize,
-) -> (DecodeSeq, usize) {
-    let (pos, w) = (seq.pos as usize, seq.window_end as usize);
-    let n_s = n_sink.min(w);
-    let n_max = n_s + k + (pos + 1).saturating_sub(w);
-    let (split_len, splits) = decode_splits(n_max, n_seqs, n_sms);
-    let d = DecodeSeq {
-        row: seq.row,
-        pos: seq.pos,
-        page_start: seq.page_start,
-        n_sink: n_s as i32,
-        window_start: seq.window_end,
-        mask: mask_index as i32,
-        rope_streaming: streaming as i32,
-        split_len: split_len as i32,
-    };
-    (d, splits)
+/// Scoring-row values a stage of `query_group` needs for `n_seqs` entries of up to `max_n_q`
+/// queries: `[seq][d][rows·H]`.
+pub fn scoring_row_values(n_seqs: usize, max_n_q: usize, query_group: usize, n_heads: usize, head_dim: usize) -> usize {
+    n_seqs * head_dim * max_n_q.div_ceil(query_group.max(1)) * n_heads
 }
 
 fn unsupported(kernel: &'static str, what: String) -> CudaError {
@@ -205,17 +196,36 @@ impl Gpu {
         const K: &str = "hip_stage_scores";
         let s = inp.shape;
         let d = s.head_dim;
-        if s.n_kv_heads == 0 || !s.n_heads.is_multiple_of(s.n_kv_heads) || d != inp.geometry.head_dim || 2 * s.rope_half > d {
+        if s.n_kv_heads == 0
+            || !s.n_heads.is_multiple_of(s.n_kv_heads)
+            || d != inp.geometry.head_dim
+            || 2 * s.rope_half > d
+        {
             return Err(unsupported(K, format!("{} heads over {} KV heads of dim {d}", s.n_heads, s.n_kv_heads)));
         }
         let elems = inp.n_seqs * stage.max_cand;
         if scratch.keys.len() < elems || scratch.starts.len() < elems {
             return Err(unsupported(K, format!("scratch for {elems} candidates holds {}", scratch.keys.len())));
         }
-        if out.stride < stage.n_keep || out.starts.len() < inp.n_seqs * out.stride || out.counts.len() < 2 * inp.n_seqs {
-            return Err(unsupported("hip_topk", format!("output of stride {} for {} chunks", out.stride, stage.n_keep)));
+        if stage.query_group == 0 || inp.max_n_q == 0 {
+            return Err(unsupported(K, format!("query group {} of {} queries", stage.query_group, inp.max_n_q)));
         }
-        if inp.seqs.len() < inp.n_seqs || inp.q.len() < inp.n_seqs * s.n_heads * d {
+        let max_rows = inp.max_n_q.div_ceil(stage.query_group);
+        let row_values = scoring_row_values(inp.n_seqs, inp.max_n_q, stage.query_group, s.n_heads, d);
+        if scratch.rows.len() < row_values {
+            return Err(unsupported(
+                K,
+                format!("scratch for {row_values} scoring-row values holds {}", scratch.rows.len()),
+            ));
+        }
+        if out.stride < stage.n_keep || out.starts.len() < inp.n_seqs * out.stride || out.counts.len() < 2 * inp.n_seqs
+        {
+            return Err(unsupported(
+                "hip_topk",
+                format!("output of stride {} for {} chunks", out.stride, stage.n_keep),
+            ));
+        }
+        if inp.seqs.len() < inp.n_seqs {
             return Err(unsupported(K, format!("{} sequences", inp.n_seqs)));
         }
         if inp.n_seqs == 0 || stage.max_cand == 0 {
@@ -225,9 +235,17 @@ impl Gpu {
             None => (0, 0, 0, 0),
             Some((prev, prev_chunk)) => {
                 if !prev_chunk.is_multiple_of(stage.chunk_size) || prev.starts.len() < inp.n_seqs * prev.stride {
-                    return Err(unsupported(K, format!("input chunks of {prev_chunk} for chunks of {}", stage.chunk_size)));
+                    return Err(unsupported(
+                        K,
+                        format!("input chunks of {prev_chunk} for chunks of {}", stage.chunk_size),
+                    ));
                 }
-                (prev_chunk / stage.chunk_size, prev.starts.addr(self.stream()), prev.counts.addr(self.stream()), prev.stride)
+                (
+                    prev_chunk / stage.chunk_size,
+                    prev.starts.addr(self.stream()),
+                    prev.counts.addr(self.stream()),
+                    prev.stride,
+                )
             }
         };
         let stream = self.stream();
@@ -243,6 +261,7 @@ impl Gpu {
             prev_counts,
             keys: addr(&scratch.keys),
             starts: addr(&scratch.starts),
+            rows: addr(&scratch.rows),
             n_heads: int(K, s.n_heads)?,
             n_kv_heads: int(K, s.n_kv_heads)?,
             n_layers: int(K, inp.geometry.n_layers)?,
@@ -256,18 +275,28 @@ impl Gpu {
             ratio: int(K, ratio)?,
             prev_stride: int(K, prev_stride)?,
             max_cand: int(K, stage.max_cand)?,
-            strategy: stage.strategy as i32,
             head_dim: int(K, d)?,
-            pad: 0,
+            query_group: int(K, stage.query_group)?,
+            max_rows: int(K, max_rows)?,
         };
-        let smem = (s.n_heads + HIP_WARPS * s.n_kv_heads) * (d + 1) * 4;
+        let n_seqs = u32::try_from(inp.n_seqs).map_err(|_| unsupported(K, "grid".into()))?;
+        let mut l = self.launch("hip_pool_queries")?;
+        l.args.arg(&p);
+        let cfg = LaunchConfig { grid_dim: (n_seqs, max_rows as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: `p` mirrors the kernel's HipStageParams; the rows buffer was checked above;
+        // the entries' query rows are the caller's (as for `attention`).
+        unsafe { l.run(cfg) }?;
+
+        let smem = HIP_WARPS * s.n_kv_heads * (d + 1) * 4;
         if smem > 48 << 10 {
             return Err(unsupported(K, format!("{smem} bytes of shared memory (48 KiB at most)")));
         }
-        let grid = (u32::try_from(stage.max_cand.div_ceil(HIP_WARPS)).map_err(|_| unsupported(K, "grid".into()))?, inp.n_seqs as u32, 1);
+        let grid =
+            (u32::try_from(stage.max_cand.div_ceil(HIP_WARPS)).map_err(|_| unsupported(K, "grid".into()))?, n_seqs, 1);
         let mut l = self.launch(K)?;
         l.args.arg(&p);
-        let cfg = LaunchConfig { grid_dim: grid, block_dim: (32 * HIP_WARPS as u32, 1, 1), shared_mem_bytes: smem as u32 };
+        let cfg =
+            LaunchConfig { grid_dim: grid, block_dim: (32 * HIP_WARPS as u32, 1, 1), shared_mem_bytes: smem as u32 };
         // SAFETY: `p` mirrors the kernel's HipStageParams; sizes checked above; the plan's pages
         // and positions are the caller's (as for `attention`).
         unsafe { l.run(cfg) }?;
@@ -285,63 +314,8 @@ impl Gpu {
             .arg(&n_keep)
             .arg(&stride)
             .arg(&chunk);
-        let cfg = LaunchConfig { grid_dim: (inp.n_seqs as u32, 1, 1), block_dim: (TOPK_THREADS, 1, 1), shared_mem_bytes: 0 };
+        let cfg = LaunchConfig { grid_dim: (n_seqs, 1, 1), block_dim: (TOPK_THREADS, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: buffer sizes checked above.
         unsafe { l.run(cfg) }
-    }
-
-    /// Block-sparse decode attention over each sequence's sink, mask and window, into `out`
-    /// (`[rows][H·d]` bf16): `decode_partial` with the mask, then `attn_combine`.
-    pub fn hip_bsa_decode(
-        &self,
-        inp: &HipInputs<'_>,
-        bsa: &BsaDecode<'_>,
-        scratch: &mut AttnScratch,
-        out: &mut CudaSlice<bf16>,
-    ) -> Result<(), CudaError> {
-        const K: &str = "decode_partial";
-        let s = inp.shape;
-        let d = s.head_dim;
-        let slots = bsa.n_rows * s.n_heads * bsa.max_splits;
-        if scratch.acc.len() < slots * d || scratch.ml.len() < slots * 2 || out.len() < bsa.n_rows * s.n_heads * d {
-            return Err(unsupported(K, format!("partials or output too small for {} rows", bsa.n_rows)));
-        }
-        if bsa.seqs.len() < bsa.n_seqs || bsa.mask.counts.len() < 2 * bsa.n_seqs || bsa.n_splits.len() < bsa.n_rows * s.n_heads {
-            return Err(unsupported(K, format!("{} sequences", bsa.n_seqs)));
-        }
-        if !crate::attention::fast_decode_supported(s.rope_half, s.rope_adjacent) {
-            return Err(unsupported(K, format!("halves RoPE over {} pairs", s.rope_half)));
-        }
-        if bsa.n_seqs == 0 {
-            return Ok(());
-        }
-        let stream = self.stream();
-        let addr = |b: &dyn DeviceAddr| b.addr(stream);
-        let dp = DecodeParams {
-            q: addr(inp.q),
-            kv: addr(inp.store),
-            page_ids: addr(inp.page_ids),
-            seqs: addr(bsa.seqs),
-            mask_blocks: addr(&bsa.mask.starts),
-            mask_tokens: addr(&bsa.mask.counts),
-            cos: addr(inp.cos),
-            sin: addr(inp.sin),
-            part_acc: addr(&scratch.acc),
-            part_ml: addr(&scratch.ml),
-            n_heads: int(K, s.n_heads)?,
-            n_kv_heads: int(K, s.n_kv_heads)?,
-            n_layers: int(K, inp.geometry.n_layers)?,
-            layer: int(K, inp.layer)?,
-            page_size: int(K, inp.geometry.page_size)?,
-            rope_half: int(K, s.rope_half)?,
-            rope_adjacent: s.rope_adjacent as i32,
-            max_splits: int(K, bsa.max_splits)?,
-            max_blocks: int(K, bsa.mask.stride)?,
-            block_k: int(K, bsa.block_k)?,
-            scale: s.scale,
-            pad: 0,
-        };
-        self.decode_partial(&dp, s, bsa.n_seqs, bsa.max_splits)?;
-        self.attn_combine(scratch, bsa.n_splits, out, bsa.max_splits, bsa.n_rows * s.n_heads, d)
     }
 }

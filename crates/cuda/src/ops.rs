@@ -123,6 +123,17 @@ pub struct AttnStep<'a> {
     pub n_splits: &'a CudaSlice<i32>,
     pub max_splits: usize,
     pub n_rows: usize,
+    /// The HiP masks that runs with `SeqDesc::mask ≥ 0` index; `None` when every run is dense.
+    pub masks: Option<StepMasks<'a>>,
+}
+
+/// HiP masks of a step: `n_masks` masks of selected block starts (`[mask][starts.stride]`,
+/// ascending) and counts (`[mask][2]`: blocks, selected tokens), blocks of `block_k` tokens.
+#[derive(Clone, Copy)]
+pub struct StepMasks<'a> {
+    pub masks: &'a crate::hip::StageOutput,
+    pub n_masks: usize,
+    pub block_k: usize,
 }
 
 /// The attention shape and RoPE of a layer.
@@ -188,13 +199,24 @@ impl Gpu {
 
     /// Copies the first `len` elements of `src` into `dst`.
     pub fn copy<T: DeviceRepr>(&self, src: &CudaSlice<T>, dst: &mut CudaSlice<T>, len: usize) -> Result<(), CudaError> {
+        self.copy_to(src, dst, 0, len)
+    }
+
+    /// Copies the first `len` elements of `src` to `dst[at..at + len]` (device to device).
+    pub fn copy_to<T: DeviceRepr>(
+        &self,
+        src: &CudaSlice<T>,
+        dst: &mut CudaSlice<T>,
+        at: usize,
+        len: usize,
+    ) -> Result<(), CudaError> {
         check_len("copy", "the source", src, len)?;
-        check_len("copy", "the destination", dst, len)?;
+        check_len("copy", "the destination", dst, at + len)?;
         if len == 0 {
             return Ok(());
         }
         self.stream()
-            .memcpy_dtod(&src.slice(..len), &mut dst.slice_mut(..len))
+            .memcpy_dtod(&src.slice(..len), &mut dst.slice_mut(at..at + len))
             .map_err(self.driver_err("copying on the device"))
     }
 
@@ -477,7 +499,10 @@ impl Gpu {
                 what: format!("head dimension {d} (64 and 128 are built)"),
             });
         }
-        if shape.n_kv_heads == 0 || !shape.n_heads.is_multiple_of(shape.n_kv_heads) || shape.n_kv_heads != geometry.n_kv_heads {
+        if shape.n_kv_heads == 0
+            || !shape.n_heads.is_multiple_of(shape.n_kv_heads)
+            || shape.n_kv_heads != geometry.n_kv_heads
+        {
             return Err(CudaError::Unsupported {
                 kernel: K,
                 what: format!("{} query heads over {} KV heads", shape.n_heads, shape.n_kv_heads),
@@ -507,6 +532,13 @@ impl Gpu {
         check_len(K, "n_splits", step.n_splits, step.n_rows * shape.n_heads)?;
         check_len(K, "partials", &scratch.acc, slots * d)?;
         check_len(K, "partial maxima", &scratch.ml, slots * 2)?;
+        if let Some(m) = &step.masks {
+            check_len(K, "mask blocks", &m.masks.starts, m.n_masks * m.masks.stride)?;
+            check_len(K, "mask counts", &m.masks.counts, m.n_masks * 2)?;
+            if m.block_k == 0 {
+                return Err(CudaError::Unsupported { kernel: K, what: "masks of 0-token blocks".into() });
+            }
+        }
         if step.n_rows == 0 {
             return Ok(());
         }
@@ -514,6 +546,15 @@ impl Gpu {
         // Raw addresses for the parameter struct. With event tracking off (see `runtime`) the
         // guards that device_ptr returns do nothing, so dropping them at once is harmless.
         let addr = |buf: &dyn DeviceAddr| buf.addr(stream);
+        let (mask_blocks, mask_tokens, max_blocks, block_k) = match &step.masks {
+            Some(m) => (
+                addr(&m.masks.starts),
+                addr(&m.masks.counts),
+                int(K, "mask stride", m.masks.stride)?,
+                int(K, "block_k", m.block_k)?,
+            ),
+            None => (0, 0, 0, 1),
+        };
         let mut params = AttnParams {
             q: addr(q),
             kv: addr(store),
@@ -524,6 +565,8 @@ impl Gpu {
             sin: addr(sin),
             part_acc: addr(&scratch.acc),
             part_ml: addr(&scratch.ml),
+            mask_blocks,
+            mask_tokens,
             n_heads: int(K, "n_heads", shape.n_heads)?,
             n_kv_heads: int(K, "n_kv_heads", shape.n_kv_heads)?,
             n_layers: int(K, "n_layers", geometry.n_layers)?,
@@ -532,6 +575,8 @@ impl Gpu {
             rope_half: int(K, "rope_half", shape.rope_half)?,
             rope_adjacent: shape.rope_adjacent as i32,
             max_splits: int(K, "max_splits", step.max_splits)?,
+            max_blocks,
+            block_k,
             scale: shape.scale,
             pad: 0,
         };
@@ -564,8 +609,8 @@ impl Gpu {
                 kv: params.kv,
                 page_ids: params.page_ids,
                 seqs: addr(step.decode_seqs),
-                mask_blocks: 0,
-                mask_tokens: 0,
+                mask_blocks,
+                mask_tokens,
                 cos: params.cos,
                 sin: params.sin,
                 part_acc: params.part_acc,
@@ -578,8 +623,8 @@ impl Gpu {
                 rope_half: params.rope_half,
                 rope_adjacent: params.rope_adjacent,
                 max_splits: params.max_splits,
-                max_blocks: 0,
-                block_k: 1,
+                max_blocks,
+                block_k,
                 scale: params.scale,
                 pad: 0,
             };
@@ -644,13 +689,16 @@ impl Gpu {
             return Err(CudaError::Unsupported { kernel, what: format!("{} KV heads (1..=8)", shape.n_kv_heads) });
         }
         let blocks = (
-            u32::try_from(max_splits).map_err(|_| CudaError::Unsupported { kernel, what: format!("{max_splits} splits") })?,
-            u32::try_from(n_seqs).map_err(|_| CudaError::Unsupported { kernel, what: format!("{n_seqs} sequences") })?,
+            u32::try_from(max_splits)
+                .map_err(|_| CudaError::Unsupported { kernel, what: format!("{max_splits} splits") })?,
+            u32::try_from(n_seqs)
+                .map_err(|_| CudaError::Unsupported { kernel, what: format!("{n_seqs} sequences") })?,
             1,
         );
         let mut l = self.launch(kernel)?;
         l.args.arg(dp);
-        let cfg = LaunchConfig { grid_dim: blocks, block_dim: (32 * shape.n_kv_heads as u32, 1, 1), shared_mem_bytes: 0 };
+        let cfg =
+            LaunchConfig { grid_dim: blocks, block_dim: (32 * shape.n_kv_heads as u32, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: `dp` mirrors the kernel's DecodeParams; its buffers were checked by the caller.
         unsafe { l.run(cfg) }
     }

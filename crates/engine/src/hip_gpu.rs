@@ -1,31 +1,23 @@
-//! HiP decode on the GPU, driven by a [`HipConfig`] (DESIGN.md §4.2–4.5): one layer's decode
-//! mask cache on the device and the launches that refresh and use it.
+//! HiP on the GPU, driven by a [`HipConfig`] (DESIGN.md §4.2–4.5): the pruning stages of
+//! query blocks on the device ([`HipStages`]), the per-request decode mask cache
+//! ([`GpuDecodeCache`], §4.4), and the masked key lists that block-sparse attention reads
+//! ([`masked_run`]: the attention kernels of `infinihip_cuda::attention` with a mask).
 //!
-//! [`HipDecodeLayer`] holds, for a batch of decode sequences, every pruning stage's kept
-//! chunks (the cache of §4.4) in device memory. [`HipDecodeLayer::refresh`] recomputes stages
-//! `from..n_stages` (each reading the previous stage's device output: no host round trip), and
-//! [`HipDecodeLayer::attend`] runs block-sparse decode over sink + the last stage's blocks +
-//! the window. The CPU reference is `infinihip_core::hip` (`run_stage`, `estimate_mask`,
-//! `block_sparse_attention`); crates/engine/tests/gpu_hip.rs checks equality of masks and
-//! bf16 agreement of outputs.
-//!
-//! [`oracle_check`] compares all of it with the CPU reference on fresh random inputs; the GPU
-//! test and `infinihip bench attention` (before it times anything) both run it.
-//!
-//! Per-sequence inputs ([`HipSeq`]): the query row and position, the page start, and the window
-//! end `w` that stage 0 saw (`max(0, p − n_window + 1)` at the last stage-0 refresh; it stays
-//! until the next one, so the window grows between refreshes as in `DecodeMaskCache`).
+//! A query block ([`HipSeq`]) is a decode step's one query or `b_q` consecutive queries of a
+//! prefill chunk. A stage reads the previous stage's kept chunks from device memory, so a whole
+//! mask estimation is a chain of launches with no host round trip. The CPU reference is
+//! `infinihip_core::hip` (`run_stage`, `estimate_mask`, `block_sparse_attention`);
+//! [`oracle_check`] compares the two on fresh random inputs (crates/engine/tests/gpu_hip.rs,
+//! and `infinihip bench attention` before it times anything).
 
 use infinihip_core::hip::{
-    block_sparse_attention, estimate_mask, run_stage, AttnShape as HipShape, BsaRope, HipConfig, HipError, PruningRope,
-    QueryBlock, VecKv,
+    block_sparse_attention, estimate_mask, first_stage_to_refresh, run_stage, AttnShape as HipShape, BsaRope,
+    HeadReduction, HipConfig, HipError, PruningRope, QueryBlock, VecKv,
 };
 use infinihip_core::rope::{RopeConfig, RopeScaling, RopeStyle, RopeTable};
-use infinihip_cuda::attention::DecodeSeq;
-use infinihip_cuda::hip::{
-    plan_bsa_seq, BsaDecode, HipInputs, HipScratch, HipSeq, HipStage, PruningStrategy, StageOutput,
-};
-use infinihip_cuda::ops::{AttnScratch, AttnShape, KvGeometry};
+use infinihip_cuda::attention::{DevicePlan, SeqDesc};
+use infinihip_cuda::hip::{scoring_row_values, HipInputs, HipScratch, HipSeq, HipStage, PruningStrategy, StageOutput};
+use infinihip_cuda::ops::{AttnScratch, AttnShape, KvGeometry, StepMasks};
 use infinihip_cuda::{bf16, CudaError, CudaSlice, Gpu};
 
 fn strategy(rope: PruningRope) -> PruningStrategy {
@@ -36,61 +28,126 @@ fn strategy(rope: PruningRope) -> PruningStrategy {
     }
 }
 
-/// The window end `w` of a query at `pos` (DESIGN.md §4.2).
+/// The window end `w` of a query block whose first query is at `pos` (DESIGN.md §4.2).
 pub fn window_end(cfg: &HipConfig, pos: usize) -> usize {
     (pos + 1).saturating_sub(cfg.n_window)
 }
 
-/// One layer's decode mask cache for a batch of sequences, on the device.
-pub struct HipDecodeLayer {
+/// The pruning entry of a query block of `layer`: `n_q` queries from activation row `row` and
+/// position `pos`, candidates before `window_end`.
+pub fn hip_entry(
+    cfg: &HipConfig,
     layer: usize,
-    stages: Vec<StageOutput>,
-    scratch: HipScratch,
-    max_cand: Vec<usize>,
+    row: usize,
+    pos: usize,
+    n_q: usize,
+    page_start: usize,
+    window_end: usize,
+) -> HipSeq {
+    HipSeq {
+        row: row as i32,
+        pos: pos as i32,
+        page_start: page_start as i32,
+        window_end: window_end as i32,
+        n_q: n_q as i32,
+        strategy: strategy(cfg.pruning_rope_at(layer, pos + n_q.max(1) - 1)) as i32,
+        pad: [0; 2],
+    }
 }
 
-impl HipDecodeLayer {
-    /// Buffers for `n_seqs` sequences whose window ends are at most `max_window_end`.
-    pub fn new(
-        gpu: &Gpu,
-        cfg: &HipConfig,
-        layer: usize,
-        n_seqs: usize,
-        max_window_end: usize,
-    ) -> Result<Self, CudaError> {
-        let mut stages = Vec::new();
-        let mut max_cand = Vec::new();
-        for (s, &l_c) in cfg.chunk_sizes.iter().enumerate() {
-            let n_keep = cfg.stage_budget(s, layer) / l_c;
-            let cand = match s {
-                0 => max_window_end.saturating_sub(cfg.n_sink).div_ceil(l_c),
-                _ => (cfg.stage_budget(s - 1, layer) / cfg.chunk_sizes[s - 1]) * (cfg.chunk_sizes[s - 1] / l_c),
-            };
-            max_cand.push(cand.max(1));
-            stages.push(StageOutput::new(gpu, n_seqs, n_keep.max(1))?);
-        }
-        let scratch_elems = n_seqs * max_cand.iter().copied().max().unwrap_or(1);
-        Ok(Self { layer, stages, scratch: HipScratch::new(gpu, scratch_elems)?, max_cand })
+/// The key list of a query block for the attention kernels: the sink, the selected tokens of
+/// mask `mask` of the step, and the window, at the RoPE positions of `cfg.bsa_rope`.
+pub fn masked_run(cfg: &HipConfig, entry: &HipSeq, mask: usize) -> SeqDesc {
+    SeqDesc {
+        row_start: entry.row,
+        n_tokens: entry.n_q,
+        pos_start: entry.pos,
+        page_start: entry.page_start,
+        n_sink: (cfg.n_sink as i32).min(entry.window_end),
+        window_start: entry.window_end,
+        mask: mask as i32,
+        rope_streaming: (cfg.bsa_rope == BsaRope::Streaming) as i32,
+    }
+}
+
+/// Chunks stage `s` keeps at most, over every layer of a model of `n_layers` layers (the first
+/// layers may have a budget of their own): the stride of its outputs.
+pub fn stage_stride(cfg: &HipConfig, s: usize, n_layers: usize) -> usize {
+    (0..n_layers.max(1)).map(|l| cfg.stage_budget(s, l) / cfg.chunk_sizes[s]).max().unwrap_or(0).max(1)
+}
+
+/// The pruning stages' outputs of a batch of query blocks of one layer, on the device, with
+/// their scratch. Outputs grow to the batch and are kept between calls, so a decode cache can
+/// recompute only its later stages.
+pub struct HipStages {
+    stages: Vec<StageOutput>,
+    scratch: HipScratch,
+}
+
+impl HipStages {
+    pub fn new(gpu: &Gpu) -> Result<Self, CudaError> {
+        Ok(Self { stages: Vec::new(), scratch: HipScratch::new(gpu, 1, 1)? })
     }
 
-    /// Recomputes stages `from..n_stages` for every sequence of `inp`.
+    /// Recomputes stages `from..n_stages` of `layer` for the `inp.n_seqs` blocks of `inp`, whose
+    /// window ends are at most `max_window_end`; outputs have the strides of [`stage_stride`]
+    /// for `n_layers` layers. Stages before `from` must hold this batch's earlier output.
+    #[allow(clippy::too_many_arguments)]
     pub fn refresh(
         &mut self,
         gpu: &Gpu,
         inp: &HipInputs<'_>,
         cfg: &HipConfig,
-        pos_last: usize,
+        layer: usize,
+        n_layers: usize,
+        max_window_end: usize,
         from: usize,
     ) -> Result<(), CudaError> {
-        let rope = strategy(cfg.pruning_rope_at(self.layer, pos_last));
-        for s in from..cfg.n_stages() {
+        if cfg.head_reduction != HeadReduction::Shared {
+            return Err(CudaError::Unsupported {
+                kernel: "hip_stage_scores",
+                what: "per-KV-head masks (head_reduction per_kv_head); the GPU kernels share one mask over heads"
+                    .into(),
+            });
+        }
+        let n = inp.n_seqs;
+        let n_stages = cfg.n_stages();
+        let fits = |s: usize, out: &StageOutput| {
+            out.stride == stage_stride(cfg, s, n_layers)
+                && out.starts.len() >= n * out.stride
+                && out.counts.len() >= 2 * n
+        };
+        if self.stages.len() != n_stages || self.stages.iter().enumerate().any(|(s, o)| !fits(s, o)) {
+            if from > 0 {
+                return Err(CudaError::Unsupported {
+                    kernel: "hip_stage_scores",
+                    what: format!("a refresh from stage {from} of outputs that were never computed"),
+                });
+            }
+            self.stages = (0..n_stages)
+                .map(|s| StageOutput::new(gpu, n.next_power_of_two(), stage_stride(cfg, s, n_layers)))
+                .collect::<Result<_, _>>()?;
+        }
+        let mut max_cand = Vec::with_capacity(n_stages);
+        for (s, &l_c) in cfg.chunk_sizes.iter().enumerate() {
+            let cand = match s {
+                0 => max_window_end.saturating_sub(cfg.n_sink).div_ceil(l_c),
+                _ => (cfg.stage_budget(s - 1, layer) / cfg.chunk_sizes[s - 1]) * (cfg.chunk_sizes[s - 1] / l_c),
+            };
+            max_cand.push(cand.max(1));
+        }
+        // The stage that averages the fewest queries has the most scoring rows.
+        let min_qg = cfg.query_group.iter().copied().min().unwrap_or(1).max(1);
+        let rows = scoring_row_values(n, inp.max_n_q, min_qg, inp.shape.n_heads, inp.shape.head_dim);
+        self.scratch.ensure(gpu, n * max_cand.iter().copied().max().unwrap_or(1), rows)?;
+        for s in from..n_stages {
             let l_c = cfg.chunk_sizes[s];
             let (before, rest) = self.stages.split_at_mut(s);
             let stage = HipStage {
                 chunk_size: l_c,
-                n_keep: cfg.stage_budget(s, self.layer) / l_c,
-                strategy: rope,
-                max_cand: self.max_cand[s],
+                n_keep: cfg.stage_budget(s, layer) / l_c,
+                query_group: cfg.query_group[s],
+                max_cand: max_cand[s],
                 prev: if s == 0 { None } else { Some((&before[s - 1], cfg.chunk_sizes[s - 1])) },
             };
             gpu.hip_stage(inp, &stage, &mut self.scratch, &mut rest[0])?;
@@ -98,83 +155,77 @@ impl HipDecodeLayer {
         Ok(())
     }
 
-    /// The output of stage `s`: kept starts `[seq][stride]` and counts `[seq][2]`.
-    pub fn stage(&self, s: usize) -> &StageOutput {
-        &self.stages[s]
+    /// The output of stage `s`: kept starts `[block][stride]` and counts `[block][2]`.
+    pub fn stage(&self, s: usize) -> Option<&StageOutput> {
+        self.stages.get(s)
     }
 
-    /// Block-sparse decode of every sequence over its sink, the cached mask and its window.
-    pub fn attend(
-        &self,
+    /// The last stage's output: the blocks' masks.
+    pub fn masks(&self) -> Result<&StageOutput, CudaError> {
+        self.stages
+            .last()
+            .ok_or(CudaError::Unsupported { kernel: "hip_stage_scores", what: "no stage computed".into() })
+    }
+}
+
+/// One request's decode mask cache of one layer on the device (DESIGN.md §4.4; the CPU's is
+/// `DecodeMaskCache`): the stage outputs of its single query, the step counter that the
+/// refresh schedule reads, and the window end `w` that the last stage-0 refresh saw.
+pub struct GpuDecodeCache {
+    stages: HipStages,
+    entry: CudaSlice<HipSeq>,
+    step: u64,
+    window_end: usize,
+}
+
+impl GpuDecodeCache {
+    pub fn new(gpu: &Gpu) -> Result<Self, CudaError> {
+        Ok(Self { stages: HipStages::new(gpu)?, entry: gpu.upload(&[HipSeq::default()])?, step: 0, window_end: 0 })
+    }
+
+    /// Forgets the cached stages: the next step recomputes all of them.
+    pub fn reset(&mut self) {
+        self.step = 0;
+    }
+
+    /// One decode step of the query at activation row `row` and position `pos`: recomputes the
+    /// stages the schedule names (all of them at the first step, or when the sequence moved
+    /// back before the cached candidates) and returns the query's pruning entry, whose window
+    /// end is the one its mask was estimated with. `inp.seqs` is ignored (the cache has its
+    /// own).
+    #[allow(clippy::too_many_arguments)]
+    pub fn step(
+        &mut self,
         gpu: &Gpu,
         inp: &HipInputs<'_>,
-        plan: &BsaPlan,
-        scratch: &mut AttnScratch,
-        out: &mut CudaSlice<bf16>,
-    ) -> Result<(), CudaError> {
-        let mask =
-            self.stages.last().ok_or(CudaError::Unsupported { kernel: "decode_partial", what: "no stages".into() })?;
-        let bsa = BsaDecode {
-            seqs: &plan.seqs,
-            n_seqs: plan.n_seqs,
-            mask,
-            block_k: plan.block_k,
-            n_splits: &plan.n_splits,
-            max_splits: plan.max_splits,
-            n_rows: plan.n_rows,
-        };
-        gpu.hip_bsa_decode(inp, &bsa, scratch, out)
-    }
-}
-
-/// The block-sparse decode plan of one step: per sequence its key list bounds and splits.
-pub struct BsaPlan {
-    pub seqs: CudaSlice<DecodeSeq>,
-    pub n_seqs: usize,
-    pub n_splits: CudaSlice<i32>,
-    pub max_splits: usize,
-    pub n_rows: usize,
-    pub block_k: usize,
-}
-
-impl BsaPlan {
-    /// Plans `seqs` (mask index = position in `seqs`) of `layer` for `n_heads` query heads over
-    /// `n_rows` activation rows, with the RoPE strategy of `cfg.bsa_rope`.
-    pub fn new(
-        gpu: &Gpu,
         cfg: &HipConfig,
         layer: usize,
-        seqs: &[HipSeq],
-        n_heads: usize,
-        n_rows: usize,
-    ) -> Result<Self, CudaError> {
-        let k = cfg.layer_params(layer).k;
-        let streaming = cfg.bsa_rope == BsaRope::Streaming;
-        let n_sms = gpu.info().multiprocessors;
-        let mut descs = Vec::with_capacity(seqs.len());
-        let mut n_splits = vec![0i32; n_rows * n_heads];
-        let mut max_splits = 1;
-        for (i, s) in seqs.iter().enumerate() {
-            let (d, splits) = plan_bsa_seq(*s, i, cfg.n_sink, k, streaming, seqs.len(), n_sms);
-            let row = s.row as usize;
-            if row >= n_rows {
-                return Err(CudaError::Unsupported {
-                    kernel: "decode_partial",
-                    what: format!("row {row} of {n_rows}"),
-                });
-            }
-            n_splits[row * n_heads..(row + 1) * n_heads].fill(splits as i32);
-            max_splits = max_splits.max(splits);
-            descs.push(d);
+        n_layers: usize,
+        row: usize,
+        pos: usize,
+        page_start: usize,
+    ) -> Result<HipSeq, CudaError> {
+        if self.window_end > pos {
+            self.step = 0;
         }
-        Ok(Self {
-            seqs: gpu.upload(&descs)?,
-            n_seqs: seqs.len(),
-            n_splits: gpu.upload(&n_splits)?,
-            max_splits,
-            n_rows,
-            block_k: cfg.block_k(),
-        })
+        let from = first_stage_to_refresh(&cfg.refresh, self.step);
+        if self.step == 0 || from == Some(0) {
+            self.window_end = window_end(cfg, pos);
+        }
+        let from = if self.step == 0 { Some(0) } else { from };
+        let entry = hip_entry(cfg, layer, row, pos, 1, page_start, self.window_end);
+        if let Some(from) = from {
+            gpu.upload_into(&[entry], &mut self.entry)?;
+            let inp = HipInputs { seqs: &self.entry, n_seqs: 1, max_n_q: 1, ..*inp };
+            self.stages.refresh(gpu, &inp, cfg, layer, n_layers, self.window_end, from)?;
+        }
+        self.step += 1;
+        Ok(entry)
+    }
+
+    /// The mask of the last step.
+    pub fn mask(&self) -> Result<&StageOutput, CudaError> {
+        self.stages.masks()
     }
 }
 
@@ -232,31 +283,34 @@ fn host_kv(store: &[bf16], b: usize, pages_per_seq: usize, n: usize, hkv: usize,
     Ok(kv)
 }
 
-/// Checks HiP decode on the GPU against the CPU reference on fresh random inputs from `seed`:
-/// `heads` = (H, Hkv, d), the knobs of `layer` of the default preset, one decode query per
-/// sequence at `positions` (at least `n_window` each). Every stage's kept chunks must equal
-/// `run_stage`'s (chained on the CPU's own outputs), and block-sparse decode with the GPU mask
-/// must match `block_sparse_attention` within [`ORACLE_REL_TOL`] under streaming and plain BSA
-/// RoPE (the output poisoned with NaN first). Returns one line per check, or the first failure.
+/// Checks HiP on the GPU against the CPU reference on fresh random inputs from `seed`: `heads`
+/// = (H, Hkv, d), the knobs of `layer` of the default preset, one query block of `n_q` queries
+/// per sequence whose last query is at each of `positions` (each at least `n_window` + `n_q`).
+/// Every stage's kept chunks must equal `run_stage`'s (chained on the CPU's own outputs), and
+/// block-sparse attention with the GPU masks must match `block_sparse_attention` within
+/// [`ORACLE_REL_TOL`] under streaming and plain BSA RoPE (the output poisoned with NaN first).
+/// Returns one line per check, or the first failure.
 pub fn oracle_check(
     gpu: &Gpu,
     seed: u64,
     heads: (usize, usize, usize),
     layer: usize,
     positions: &[usize],
+    n_q: usize,
 ) -> Result<Vec<String>, String> {
     let cuda = |e: CudaError| e.to_string();
     let cpu_err = |e: HipError| e.to_string();
     let mut rng = Rng(seed);
     let mut lines = Vec::new();
     let (h, hkv, d) = heads;
-    let what = format!("HiP decode {h}q/{hkv}kv/d{d} layer {layer}");
+    let what = format!("HiP {h}q/{hkv}kv/d{d} layer {layer}, blocks of {n_q}");
     let rope_cfg = RopeConfig { theta: 100_000.0, dim: d, style: RopeStyle::Adjacent, scaling: RopeScaling::None };
     let mut table = RopeTable::new(rope_cfg);
+    let cfg = HipConfig::default();
     let max_pos = positions.iter().copied().max().ok_or("no positions")?;
-    table.ensure(max_pos + 1);
+    table.ensure(max_pos.max(cfg.n_window + 1) + 1);
     let (mut cos, mut sin) = (Vec::new(), Vec::new());
-    for p in 0..=max_pos {
+    for p in 0..table.len() {
         let (c, s) = table.row(p);
         cos.extend_from_slice(c);
         sin.extend_from_slice(s);
@@ -271,18 +325,14 @@ pub fn oracle_check(
         capacity_pages: pages_per_seq * positions.len(),
     };
     let store: Vec<bf16> = (0..geometry.total_elems()).map(|_| rng.value()).collect();
-    let q: Vec<bf16> = (0..positions.len() * h * d).map(|_| rng.value()).collect();
+    let n_rows = positions.len() * n_q;
+    let q: Vec<bf16> = (0..n_rows * h * d).map(|_| rng.value()).collect();
     let page_ids: Vec<u32> = (0..geometry.capacity_pages as u32).collect();
-    let cfg = HipConfig::default();
+    let first = |p: usize| p + 1 - n_q;
     let seqs: Vec<HipSeq> = positions
         .iter()
         .enumerate()
-        .map(|(b, &p)| HipSeq {
-            row: b as i32,
-            pos: p as i32,
-            page_start: (b * pages_per_seq) as i32,
-            window_end: window_end(&cfg, p) as i32,
-        })
+        .map(|(b, &p)| hip_entry(&cfg, layer, b * n_q, first(p), n_q, b * pages_per_seq, window_end(&cfg, first(p))))
         .collect();
     let store_dev = gpu.upload(&store).map_err(cuda)?;
     let q_dev = gpu.upload(&q).map_err(cuda)?;
@@ -312,23 +362,26 @@ pub fn oracle_check(
         shape,
         n_sink: cfg.n_sink,
         n_window: cfg.n_window,
+        max_n_q: n_q,
     };
     let max_w = seqs.iter().map(|s| s.window_end as usize).max().unwrap_or(0);
-    let mut cache = HipDecodeLayer::new(gpu, &cfg, layer, seqs.len(), max_w).map_err(cuda)?;
-    cache.refresh(gpu, &inp, &cfg, max_pos, 0).map_err(cuda)?;
+    let mut stages = HipStages::new(gpu).map_err(cuda)?;
+    stages.refresh(gpu, &inp, &cfg, layer, layer + 1, max_w, 0).map_err(cuda)?;
 
     let kvs: Vec<VecKv> = positions
         .iter()
         .enumerate()
         .map(|(b, &pos)| host_kv(&store, b, pages_per_seq, pos + 1, hkv, d))
         .collect::<Result<_, _>>()?;
-    let queries: Vec<Vec<f32>> =
-        (0..positions.len()).map(|b| q[b * h * d..(b + 1) * h * d].iter().map(|x| x.to_f32()).collect()).collect();
+    let width = h * d;
+    let queries: Vec<Vec<f32>> = (0..positions.len())
+        .map(|b| q[b * n_q * width..(b + 1) * n_q * width].iter().map(|x| x.to_f32()).collect())
+        .collect();
     let block = |b: usize| QueryBlock {
         layer,
         shape: HipShape { n_heads: h, n_kv_heads: hkv, head_dim: d },
         q: &queries[b],
-        pos_start: positions[b],
+        pos_start: first(positions[b]),
         kv: &kvs[b],
         rope: &table,
     };
@@ -336,7 +389,7 @@ pub fn oracle_check(
         let mut prev = None;
         for s in 0..cfg.n_stages() {
             let cpu = run_stage(&cfg, &block(b), s, prev.as_ref()).map_err(cpu_err)?;
-            let out = cache.stage(s);
+            let out = stages.stage(s).ok_or("a stage missing")?;
             let counts = gpu.download(&out.counts, 2 * positions.len()).map_err(cuda)?;
             let starts = gpu.download(&out.starts, positions.len() * out.stride).map_err(cuda)?;
             let n = (counts[2 * b].max(0) as usize).min(out.stride);
@@ -363,34 +416,39 @@ pub fn oracle_check(
                 ));
             }
             lines.push(format!(
-                "{what}: seq {b} (p = {pos}) stage {s}: the {} kept chunks ({tokens} tokens) equal the CPU's",
-                n
+                "{what}: seq {b} (p = {pos}) stage {s}: the {n} kept chunks ({tokens} tokens) equal the CPU's"
             ));
             prev = Some(cpu);
         }
     }
 
+    let masks = stages.masks().map_err(cuda)?;
     for bsa_rope in [BsaRope::Streaming, BsaRope::Plain] {
         let cfg = HipConfig { bsa_rope, ..cfg.clone() };
-        let plan = BsaPlan::new(gpu, &cfg, layer, &seqs, h, seqs.len()).map_err(cuda)?;
-        let slots = seqs.len() * h * plan.max_splits;
-        let mut scratch = AttnScratch {
-            acc: gpu.alloc_zeros(slots * d).map_err(cuda)?,
-            ml: gpu.alloc_zeros(slots * 2).map_err(cuda)?,
-        };
+        let runs: Vec<SeqDesc> = seqs.iter().enumerate().map(|(i, e)| masked_run(&cfg, e, i)).collect();
+        let plan = DevicePlan::new(gpu, runs, n_rows, h, hkv, true, cfg.layer_params(layer).k).map_err(cuda)?;
+        let (acc, ml) = plan.scratch_len(h, d);
+        let mut scratch =
+            AttnScratch { acc: gpu.alloc_zeros(acc).map_err(cuda)?, ml: gpu.alloc_zeros(ml).map_err(cuda)? };
         let mut out = gpu.upload(&vec![bf16::NAN; q.len()]).map_err(cuda)?;
-        cache.attend(gpu, &inp, &plan, &mut scratch, &mut out).map_err(cuda)?;
+        let step_masks = StepMasks { masks, n_masks: seqs.len(), block_k: cfg.block_k() };
+        let step = plan.step(&pages_dev, Some(step_masks));
+        gpu.attention(&store_dev, geometry, 0, &q_dev, &step, shape, &cos_dev, &sin_dev, &mut scratch, &mut out)
+            .map_err(cuda)?;
         let got: Vec<f32> = gpu.download(&out, q.len()).map_err(cuda)?.iter().map(|x| x.to_f32()).collect();
         let mut want = vec![0f32; q.len()];
         for b in 0..positions.len() {
             let mask = estimate_mask(&cfg, &block(b)).map_err(cpu_err)?;
-            block_sparse_attention(&cfg, &block(b), &mask, &mut want[b * h * d..(b + 1) * h * d]).map_err(cpu_err)?;
+            block_sparse_attention(&cfg, &block(b), &mask, &mut want[b * n_q * width..(b + 1) * n_q * width])
+                .map_err(cpu_err)?;
         }
         let err = rel_err(&got, &want);
         if err.is_nan() || err > ORACLE_REL_TOL {
-            return Err(format!("{what}: block-sparse decode ({bsa_rope:?} RoPE) differs from the CPU's by {err:.3e}"));
+            return Err(format!(
+                "{what}: block-sparse attention ({bsa_rope:?} RoPE) differs from the CPU's by {err:.3e}"
+            ));
         }
-        lines.push(format!("{what}: block-sparse decode ({bsa_rope:?} RoPE): relative error {err:.2e}"));
+        lines.push(format!("{what}: block-sparse attention ({bsa_rope:?} RoPE): relative error {err:.2e}"));
     }
     Ok(lines)
 }

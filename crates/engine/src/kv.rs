@@ -49,7 +49,7 @@ pub enum KvError {
 
 /// The page table of one sequence: its pages in position order, how many positions are
 /// filled, and, for a HiP sequence, its mask caches (which describe what is in the pages).
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct SeqKv {
     pages: Vec<PageId>,
     len: usize,

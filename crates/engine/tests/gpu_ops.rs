@@ -15,7 +15,6 @@ use std::sync::Arc;
 use half::bf16;
 use infinihip_core::gguf::writer::GgufWriter;
 use infinihip_core::gguf::GgufFile;
-use infinihip_core::hip::HipConfig;
 use infinihip_core::quant::GgmlType;
 use infinihip_core::rope::{RopeConfig, RopeScaling, RopeStyle};
 use infinihip_engine::backend::cpu::{CpuAct, CpuBackend};
@@ -398,24 +397,4 @@ fn dense_attention_matches_cpu() {
     for case in &cases {
         run_attention_case(case, &cuda, &cpu, &mut rng);
     }
-}
-
-#[test]
-fn hip_sequences_get_a_typed_error_not_dense_attention() {
-    let Some(cuda) = gpu() else { return };
-    let mut rng = Rng::fresh("hip refusal");
-    let (plan, pages) = plan_step(&[(4, 0)], 64, &mut rng);
-    let layout = KvLayout { n_layers: 1, n_kv_heads: 3, head_dim: 64, page_size: 64 };
-    let mut store = cuda.new_kv_store(layout, pages).expect("store");
-    let (k, v) = (poisoned(&cuda, 4, 192), poisoned(&cuda, 4, 192));
-    cuda.kv_write(&mut store, 0, &k, &v, &plan).expect("kv_write");
-    let mut rope = cuda.new_rope(&rope(100000.0, 64, RopeStyle::Adjacent)).expect("rope");
-    cuda.ensure_rope(&mut rope, 4).expect("rope");
-    let q = poisoned(&cuda, 4, 576);
-    let mut out = poisoned(&cuda, 4, 576);
-    let mut state = HipSeqState::new(Arc::new(HipConfig::preset("default").expect("preset")), 1);
-    let mut hip = vec![Some(&mut state)];
-    let shape = AttentionShape { n_heads: 9, n_kv_heads: 3, head_dim: 64, scale: 0.125 };
-    let err = cuda.attention(&store, 0, &q, &plan, shape, &rope, &mut hip, &mut out).unwrap_err();
-    assert!(err.to_string().contains("HiP attention is not implemented on CUDA yet"), "{err}");
 }

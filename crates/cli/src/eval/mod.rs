@@ -168,7 +168,7 @@ fn run(task: Task, haystack: HaystackKind, args: &EvalArgs) -> Result<()> {
     }
 
     let planned = plan(task, haystack, args, &opened, &depths)?;
-    with_engine!(opened, &args.model, &attention, ctx_tokens, |engine, _device| {
+    with_engine!(opened, &args.model, ctx_tokens, |engine, _device| {
         eprintln!(
             "eval {}: {} length(s) × {} trials, {} attention, {} format, KV pool of {ctx_tokens} tokens",
             task.name(),

@@ -9,8 +9,11 @@
 //! attention work items) and reused by every layer: ops compare the plan they get with the
 //! cached one, which costs a comparison of page lists, not a transfer.
 //!
-//! HiP sequences are refused with a typed error by `attention` (phase 2 adds HiP on the GPU);
-//! the backend never falls back to dense behind the caller's back.
+//! Attention is one launch over **runs**: a dense sequence's step, or a HiP query block with
+//! the mask the pruning kernels estimated for it (`hip_gpu`), read by the same kernels as a
+//! key list of sink, selected blocks and window. A HiP prefill chunk's blocks are estimated
+//! afresh in batched launches; a decode step's token (and a prompt's sampled last token) uses
+//! the request's decode mask cache of the layer, held in its `HipSeqState`.
 //!
 //! Everything is queued on one stream; `to_host` waits for it, so kernel failures surface there
 //! at the latest (`INFINIHIP_CUDA_SYNC=1` attributes them to the exact launch).
@@ -18,15 +21,18 @@
 use std::sync::{Mutex, MutexGuard};
 
 use half::bf16;
+use infinihip_core::hip::HipConfig;
 use infinihip_core::quant;
 use infinihip_core::rope::{RopeConfig, RopeStyle, RopeTable};
-use infinihip_cuda::attention::{self, AttnCta, AttnPlan, DecodeSeq, SeqDesc};
-use infinihip_cuda::ops::{AttnScratch, AttnShape, AttnStep, GemmOut, KvGeometry};
-use infinihip_cuda::{CudaError, CudaSlice, DeviceInfo, Gpu};
+use infinihip_cuda::attention::{self, DevicePlan, SeqDesc};
+use infinihip_cuda::hip::{HipInputs, HipSeq, StageOutput};
+use infinihip_cuda::ops::{AttnScratch, AttnShape, GemmOut, KvGeometry, StepMasks};
+use infinihip_cuda::{CudaSlice, DeviceInfo, Gpu};
 use rayon::prelude::*;
 
 use super::{AttentionShape, Backend, BatchPlan, TensorRef};
 use crate::error::EngineError;
+use crate::hip_gpu::{hip_entry, masked_run, stage_stride, window_end, GpuDecodeCache, HipStages};
 use crate::hip_state::HipSeqState;
 use crate::kv::KvLayout;
 
@@ -127,6 +133,7 @@ struct StepCache {
     scratch: Option<AttnScratch>,
     tokens: Option<CudaSlice<u32>>,
     rows: Option<CudaSlice<u32>>,
+    hip: Option<HipStep>,
 }
 
 struct PlanOnDevice {
@@ -134,20 +141,24 @@ struct PlanOnDevice {
     n_rows: usize,
     /// The largest page id the plan names (checked against each store it is used with).
     max_page: Option<u32>,
-    seqs: Vec<SeqDesc>,
-    seqs_dev: CudaSlice<SeqDesc>,
     page_ids: CudaSlice<u32>,
     row_page: CudaSlice<u32>,
     row_slot: CudaSlice<u32>,
 }
 
+/// The attention plan of the last layer, reused while the runs stay the same.
 struct AttnOnDevice {
     heads: (usize, usize),
-    plan: AttnPlan,
-    decode_seqs: CudaSlice<DecodeSeq>,
-    decode: CudaSlice<AttnCta>,
-    prefill: CudaSlice<AttnCta>,
-    n_splits: CudaSlice<i32>,
+    max_selected: usize,
+    plan: DevicePlan,
+}
+
+/// HiP buffers of a step: the prefill blocks' pruning, their entries, and the masks that
+/// the step's runs index (prefill blocks' and decode caches', copied side by side).
+struct HipStep {
+    stages: HipStages,
+    entries: CudaSlice<HipSeq>,
+    masks: StageOutput,
 }
 
 fn shape_err(op: &'static str, detail: String) -> EngineError {
@@ -215,9 +226,7 @@ impl CudaBackend {
             return Ok(());
         }
         cache.plan = None;
-        cache.attn = None;
         let n_rows = plan.n_rows();
-        let mut seqs = Vec::with_capacity(plan.seqs.len());
         let mut row_page = vec![0u32; n_rows];
         let mut row_slot = vec![0u32; n_rows];
         let int = |what: &str, v: usize| {
@@ -238,12 +247,9 @@ impl CudaBackend {
             if seq.row_start + seq.n_tokens > n_rows {
                 return Err(bad(format!("rows {}..{} of {n_rows}", seq.row_start, seq.row_start + seq.n_tokens)));
             }
-            seqs.push(SeqDesc {
-                row_start: int("row", seq.row_start)?,
-                n_tokens: int("tokens", seq.n_tokens)?,
-                pos_start: int("position", seq.end_pos()).map(|_| seq.pos_start as i32)?,
-                page_start: int("page index", seq.page_start)?,
-            });
+            int("row", seq.row_start + seq.n_tokens)?;
+            int("position", seq.end_pos())?;
+            int("page index", seq.page_start)?;
             for t in 0..seq.n_tokens {
                 let (page, slot) = plan.locate(seq, seq.pos_start + t);
                 row_page[seq.row_start + t] = page.0;
@@ -256,8 +262,6 @@ impl CudaBackend {
             plan: plan.clone(),
             n_rows,
             max_page: page_ids.iter().copied().max(),
-            seqs_dev: gpu.upload(&seqs)?,
-            seqs,
             page_ids: gpu.upload(&page_ids)?,
             row_page: gpu.upload(&row_page)?,
             row_slot: gpu.upload(&row_slot)?,
@@ -535,9 +539,6 @@ impl Backend for CudaBackend {
         hip: &mut [Option<&mut HipSeqState>],
         out: &mut CudaAct,
     ) -> Result<(), EngineError> {
-        if hip.iter().any(Option::is_some) {
-            return Err(CudaError::NotImplemented { what: "HiP attention" }.into());
-        }
         let width = shape.n_heads * shape.head_dim;
         if q.cols != width || out.cols != width || q.rows != plan.n_rows() || out.rows != q.rows {
             return Err(shape_err("attention", format!("q {}×{}, out {}×{}", q.rows, q.cols, out.rows, out.cols)));
@@ -558,65 +559,60 @@ impl Backend for CudaBackend {
         let mut guard = self.cache()?;
         let cache = &mut *guard;
         self.ensure_plan(cache, plan)?;
-        let p = cache.plan.as_ref().ok_or_else(|| shape_err("attention", "no plan".to_string()))?;
-        check_pages("attention", p, store)?;
-        let heads = (shape.n_heads, shape.n_kv_heads);
-        let rope_adjacent = rope.table.config().style == RopeStyle::Adjacent;
-        if cache.attn.as_ref().is_none_or(|a| a.heads != heads) {
-            let ap = attention::plan(
-                &p.seqs,
-                p.n_rows,
-                shape.n_heads,
-                shape.n_kv_heads,
-                self.gpu.info().multiprocessors,
-                attention::fast_decode_supported(half, rope_adjacent),
-            );
-            cache.attn = Some(AttnOnDevice {
-                heads,
-                decode_seqs: self.gpu.upload(&ap.decode_seqs)?,
-                decode: self.gpu.upload(&ap.decode)?,
-                prefill: self.gpu.upload(&ap.prefill)?,
-                n_splits: self.gpu.upload(&ap.n_splits)?,
-                plan: ap,
-            });
-        }
-        let a = cache.attn.as_ref().ok_or_else(|| shape_err("attention", "no attention plan".to_string()))?;
-        let slots = p.n_rows * shape.n_heads * a.plan.max_splits;
-        let need = (slots * shape.head_dim, slots * 2);
-        if cache.scratch.as_ref().is_none_or(|s| s.acc.len() < need.0 || s.ml.len() < need.1) {
-            cache.scratch = Some(AttnScratch {
-                acc: self.gpu.alloc_zeros(need.0.next_power_of_two())?,
-                ml: self.gpu.alloc_zeros(need.1.next_power_of_two())?,
-            });
-        }
-        let scratch = cache.scratch.as_mut().ok_or_else(|| shape_err("attention", "no scratch".to_string()))?;
-        let step = AttnStep {
-            seqs: &p.seqs_dev,
-            n_seqs: p.seqs.len(),
-            page_ids: &p.page_ids,
-            decode_seqs: &a.decode_seqs,
-            n_decode_seqs: a.plan.decode_seqs.len(),
-            decode: &a.decode,
-            n_decode: a.plan.decode.len(),
-            prefill: &a.prefill,
-            n_prefill: a.plan.prefill.len(),
-            n_splits: &a.n_splits,
-            max_splits: a.plan.max_splits,
-            n_rows: p.n_rows,
+        let StepCache { plan: Some(p), attn, scratch, hip: hip_step, .. } = cache else {
+            return Err(shape_err("attention", "no plan".to_string()));
         };
+        check_pages("attention", p, store)?;
         let attn_shape = AttnShape {
             n_heads: shape.n_heads,
             n_kv_heads: shape.n_kv_heads,
             head_dim: shape.head_dim,
             scale: shape.scale,
             rope_half: half,
-            rope_adjacent,
+            rope_adjacent: rope.table.config().style == RopeStyle::Adjacent,
         };
+        let q_dev = q.bf16("attention")?;
+        let step =
+            HipStepInputs { backend: self, store, layer, q: q_dev, page_ids: &p.page_ids, shape: attn_shape, rope };
+        let (runs, masks) = step.runs(plan, hip, hip_step)?;
+
+        let heads = (shape.n_heads, shape.n_kv_heads);
+        let max_selected = masks.as_ref().map_or(0, |m| m.max_selected);
+        if attn.as_ref().is_none_or(|a| a.heads != heads || a.max_selected != max_selected || a.plan.runs != runs) {
+            let fast_decode = attention::fast_decode_supported(half, attn_shape.rope_adjacent);
+            *attn = Some(AttnOnDevice {
+                heads,
+                max_selected,
+                plan: DevicePlan::new(
+                    &self.gpu,
+                    runs,
+                    p.n_rows,
+                    shape.n_heads,
+                    shape.n_kv_heads,
+                    fast_decode,
+                    max_selected,
+                )?,
+            });
+        }
+        let a = attn.as_ref().ok_or_else(|| shape_err("attention", "no attention plan".to_string()))?;
+        let need = a.plan.scratch_len(shape.n_heads, shape.head_dim);
+        if scratch.as_ref().is_none_or(|s| s.acc.len() < need.0 || s.ml.len() < need.1) {
+            *scratch = Some(AttnScratch {
+                acc: self.gpu.alloc_zeros(need.0.next_power_of_two())?,
+                ml: self.gpu.alloc_zeros(need.1.next_power_of_two())?,
+            });
+        }
+        let scratch = scratch.as_mut().ok_or_else(|| shape_err("attention", "no scratch".to_string()))?;
+        let step_masks = match (&masks, hip_step.as_ref()) {
+            (Some(m), Some(h)) => Some(StepMasks { masks: &h.masks, n_masks: m.n_masks, block_k: m.block_k }),
+            _ => None,
+        };
+        let step = a.plan.step(&p.page_ids, step_masks);
         self.gpu.attention(
             &store.data,
             store.geometry,
             layer,
-            q.bf16("attention")?,
+            q_dev,
             &step,
             attn_shape,
             &rope.cos,
@@ -626,4 +622,193 @@ impl Backend for CudaBackend {
         )?;
         Ok(())
     }
+}
+
+/// What the step's HiP masks are: how many, their block size, and the most tokens one selects.
+struct MaskLayout {
+    n_masks: usize,
+    block_k: usize,
+    max_selected: usize,
+}
+
+/// The inputs of one layer's attention that HiP's pruning reads.
+struct HipStepInputs<'a> {
+    backend: &'a CudaBackend,
+    store: &'a CudaKvStore,
+    layer: usize,
+    q: &'a CudaSlice<bf16>,
+    page_ids: &'a CudaSlice<u32>,
+    shape: AttnShape,
+    rope: &'a CudaRope,
+}
+
+impl HipStepInputs<'_> {
+    fn pruning_inputs<'b>(
+        &'b self,
+        cfg: &HipConfig,
+        entries: &'b CudaSlice<HipSeq>,
+        n: usize,
+        max_n_q: usize,
+    ) -> HipInputs<'b> {
+        HipInputs {
+            store: &self.store.data,
+            geometry: self.store.geometry,
+            layer: self.layer,
+            q: self.q,
+            page_ids: self.page_ids,
+            seqs: entries,
+            n_seqs: n,
+            cos: &self.rope.cos,
+            sin: &self.rope.sin,
+            shape: self.shape,
+            n_sink: cfg.n_sink,
+            n_window: cfg.n_window,
+            max_n_q,
+        }
+    }
+
+    /// The step's runs, one per dense sequence and one per HiP query block, and the HiP masks
+    /// they index, estimated into `hip_step` (which grows to hold them).
+    fn runs(
+        &self,
+        plan: &BatchPlan,
+        hip: &mut [Option<&mut HipSeqState>],
+        hip_step: &mut Option<HipStep>,
+    ) -> Result<(Vec<SeqDesc>, Option<MaskLayout>), EngineError> {
+        let gpu = &self.backend.gpu;
+        let n_layers = self.store.geometry.n_layers;
+        // The masks' layout: every HiP sequence of the step shares one block size and stride.
+        let mut layout: Option<(MaskLayout, usize)> = None;
+        for (seq, state) in plan.seqs.iter().zip(hip.iter()) {
+            let Some(state) = state else { continue };
+            let cfg = state.config();
+            let last = cfg.n_stages() - 1;
+            let (blocks, single) = seq.hip_query_blocks(cfg.b_q);
+            let n = blocks.len() + single.is_some() as usize;
+            let selected = (0..n_layers).map(|l| cfg.layer_params(l).k).max().unwrap_or(0);
+            let stride = stage_stride(cfg, last, n_layers);
+            match &mut layout {
+                None => {
+                    layout = Some((MaskLayout { n_masks: n, block_k: cfg.block_k(), max_selected: selected }, stride))
+                }
+                Some((m, st)) => {
+                    if m.block_k != cfg.block_k() {
+                        return Err(shape_err(
+                            "attention",
+                            format!(
+                                "HiP sequences with blocks of {} and {} tokens in one step",
+                                m.block_k,
+                                cfg.block_k()
+                            ),
+                        ));
+                    }
+                    m.n_masks += n;
+                    m.max_selected = m.max_selected.max(selected);
+                    *st = (*st).max(stride);
+                }
+            }
+        }
+        let mut runs = Vec::with_capacity(plan.seqs.len());
+        let Some((layout, stride)) = layout else {
+            for seq in &plan.seqs {
+                runs.push(SeqDesc::dense(
+                    seq.row_start as i32,
+                    seq.n_tokens as i32,
+                    seq.pos_start as i32,
+                    seq.page_start as i32,
+                ));
+            }
+            return Ok((runs, None));
+        };
+        if hip_step.as_ref().is_none_or(|h| h.masks.stride != stride || h.masks.counts.len() < 2 * layout.n_masks) {
+            let n = layout.n_masks.next_power_of_two();
+            *hip_step = Some(HipStep {
+                stages: HipStages::new(gpu)?,
+                entries: gpu.upload(&vec![HipSeq::default(); n])?,
+                masks: StageOutput::new(gpu, n, stride)?,
+            });
+        }
+        let h = hip_step.as_mut().ok_or_else(|| shape_err("attention", "no HiP buffers".to_string()))?;
+        let mut next_mask = 0;
+        for (seq, state) in plan.seqs.iter().zip(hip.iter_mut()) {
+            let Some(state) = state else {
+                runs.push(SeqDesc::dense(
+                    seq.row_start as i32,
+                    seq.n_tokens as i32,
+                    seq.pos_start as i32,
+                    seq.page_start as i32,
+                ));
+                continue;
+            };
+            let cfg = state.config().clone();
+            let (blocks, single) = seq.hip_query_blocks(cfg.b_q);
+            if !blocks.is_empty() {
+                let entries: Vec<HipSeq> = blocks
+                    .iter()
+                    .map(|r| {
+                        let pos = seq.pos_start + r.start;
+                        hip_entry(
+                            &cfg,
+                            self.layer,
+                            seq.row_start + r.start,
+                            pos,
+                            r.len(),
+                            seq.page_start,
+                            window_end(&cfg, pos),
+                        )
+                    })
+                    .collect();
+                if h.entries.len() < entries.len() {
+                    h.entries = gpu.upload(&vec![HipSeq::default(); entries.len().next_power_of_two()])?;
+                }
+                gpu.upload_into(&entries, &mut h.entries)?;
+                let max_w = entries.iter().map(|e| e.window_end as usize).max().unwrap_or(0);
+                let inp = self.pruning_inputs(&cfg, &h.entries, entries.len(), cfg.b_q);
+                h.stages.refresh(gpu, &inp, &cfg, self.layer, n_layers, max_w, 0)?;
+                copy_masks(gpu, h.stages.masks()?, entries.len(), &mut h.masks, next_mask)?;
+                runs.extend(entries.iter().enumerate().map(|(i, e)| masked_run(&cfg, e, next_mask + i)));
+                next_mask += entries.len();
+            }
+            if let Some(t) = single {
+                let slot = state.gpu_layer_mut(self.layer);
+                if slot.is_none() {
+                    *slot = Some(GpuDecodeCache::new(gpu)?);
+                }
+                let cache = slot.as_mut().ok_or_else(|| shape_err("attention", "no decode cache".to_string()))?;
+                if seq.n_tokens > 1 {
+                    // A sampled last token starts the decode cycle that the next steps continue.
+                    cache.reset();
+                }
+                let inp = self.pruning_inputs(&cfg, &h.entries, 1, 1);
+                let (row, pos) = (seq.row_start + t, seq.pos_start + t);
+                let entry = cache.step(gpu, &inp, &cfg, self.layer, n_layers, row, pos, seq.page_start)?;
+                copy_masks(gpu, cache.mask()?, 1, &mut h.masks, next_mask)?;
+                runs.push(masked_run(&cfg, &entry, next_mask));
+                next_mask += 1;
+            }
+        }
+        Ok((runs, Some(layout)))
+    }
+}
+
+/// Copies the first `n` masks of `src` to masks `at..at + n` of `dst` (strides may differ;
+/// `dst`'s is at least `src`'s).
+fn copy_masks(gpu: &Gpu, src: &StageOutput, n: usize, dst: &mut StageOutput, at: usize) -> Result<(), EngineError> {
+    if src.stride > dst.stride {
+        return Err(shape_err("attention", format!("masks of {} blocks into rows of {}", src.stride, dst.stride)));
+    }
+    if src.stride == dst.stride {
+        gpu.copy_to(&src.starts, &mut dst.starts, at * dst.stride, n * src.stride)?;
+    } else {
+        for i in 0..n {
+            // Rows of a narrower source: one copy each (the counts say how many are valid).
+            let row = src.starts.slice(i * src.stride..(i + 1) * src.stride);
+            let mut out = dst.starts.slice_mut((at + i) * dst.stride..(at + i) * dst.stride + src.stride);
+            gpu.stream()
+                .memcpy_dtod(&row, &mut out)
+                .map_err(|e| shape_err("attention", format!("copying a mask: {e}")))?;
+        }
+    }
+    gpu.copy_to(&src.counts, &mut dst.counts, 2 * at, 2 * n)?;
+    Ok(())
 }

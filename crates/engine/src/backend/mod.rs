@@ -83,6 +83,24 @@ impl SeqSlice {
     pub fn end_pos(&self) -> usize {
         self.pos_start + self.n_tokens
     }
+
+    /// How HiP cuts this step's tokens (offsets into them): query blocks that follow the
+    /// absolute grid of `b_q` (so a chunked prefill gives the blocks an unchunked one does),
+    /// each with a mask estimated afresh, and the token that gets a decode step's mask from
+    /// the sequence's decode cache: a decode step's only token, or a sampled last token.
+    pub fn hip_query_blocks(&self, b_q: usize) -> (Vec<std::ops::Range<usize>>, Option<usize>) {
+        let single = (self.n_tokens == 1 || (self.last_row_sampled && self.n_tokens > 0)).then(|| self.n_tokens - 1);
+        let n_grid = single.unwrap_or(self.n_tokens);
+        let mut blocks = Vec::new();
+        let mut t0 = 0;
+        while t0 < n_grid {
+            let pos = self.pos_start + t0;
+            let t1 = (t0 + b_q.max(1) - pos % b_q.max(1)).min(n_grid);
+            blocks.push(t0..t1);
+            t0 = t1;
+        }
+        (blocks, single)
+    }
 }
 
 /// What a forward step computes: the sequences, their new tokens and their page tables, laid

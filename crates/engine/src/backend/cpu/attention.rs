@@ -167,36 +167,22 @@ fn hip_masks(call: &Call<'_>, hip: &mut [Option<&mut HipSeqState>]) -> Result<Ve
             kv: &kv,
             rope: call.rope,
         };
-        if seq.n_tokens == 1 {
-            let step = state.layer_mut(call.layer).step(&config, &block_at(0, 1))?;
-            masks.push(Some(SeqMasks { config, blocks: vec![(0..1, step.mask)] }));
-        } else {
-            // Query blocks follow the absolute grid of b_q, so a chunked prefill gives the same
-            // blocks as an unchunked one. A sampled last token is a block of its own, estimated
-            // by a fresh decode cache so that the decode steps after it continue its cycle.
-            let cfg = &*config;
-            let b_q = cfg.b_q;
-            let n_grid = if seq.last_row_sampled { seq.n_tokens - 1 } else { seq.n_tokens };
-            let mut bounds = Vec::new();
-            let mut t0 = 0;
-            while t0 < n_grid {
-                let pos = seq.pos_start + t0;
-                let t1 = (t0 + b_q - pos % b_q).min(n_grid);
-                bounds.push(t0..t1);
-                t0 = t1;
-            }
-            let mut blocks = bounds
-                .into_par_iter()
-                .map(|r| estimate_mask(cfg, &block_at(r.start, r.end)).map(|m| (r, m)))
-                .collect::<Result<Vec<_>, _>>()?;
-            if seq.last_row_sampled {
-                let cache = state.layer_mut(call.layer);
+        let cfg = &*config;
+        let (bounds, single) = seq.hip_query_blocks(cfg.b_q);
+        let mut blocks = bounds
+            .into_par_iter()
+            .map(|r| estimate_mask(cfg, &block_at(r.start, r.end)).map(|m| (r, m)))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(t) = single {
+            // A sampled last token starts a fresh decode cache, so that the decode steps after
+            // it continue its refresh cycle.
+            let cache = state.layer_mut(call.layer);
+            if seq.n_tokens > 1 {
                 cache.reset();
-                let last = n_grid..seq.n_tokens;
-                blocks.push((last.clone(), cache.step(cfg, &block_at(last.start, last.end))?.mask));
             }
-            masks.push(Some(SeqMasks { blocks, config }));
+            blocks.push((t..t + 1, cache.step(cfg, &block_at(t, t + 1))?.mask));
         }
+        masks.push(Some(SeqMasks { blocks, config }));
     }
     Ok(masks)
 }
