@@ -2,7 +2,8 @@
 # Runs infinihip's CUDA tests, CLI checks and timings on the lent GPU machine, from binaries
 # built on the dev machine (docs/CUDA.md says how to prepare the folder and send it).
 #
-#   cuda_device_run.sh STEP...   (STEP: probe, ops, model, cli, passkey, attention, ncu-decode, ncu-hip)
+#   cuda_device_run.sh STEP...   (STEP: probe, ops, model, cli, e2e, ncu-prefill, passkey, attention,
+#                                 ncu-decode, ncu-hip)
 #
 # The folder holding this script holds bin/ (stripped test binaries: cuda_unit, gpu_ops,
 # gpu_hip, gpu_model; and infinihip), sdpa_baseline.py, and model/part-* (the default model split in two; the other part
@@ -62,6 +63,18 @@ for step in "$@"; do
       run cli "$bin/infinihip" run "What is the capital of France?" --temperature 0 --device auto -m "$model" -n 16
       run cli "$bin/infinihip" run "What is the capital of France?" --temperature 0 --device cuda --attention hip -m "$model" -n 16
       run cli "$bin/infinihip" bench cpu --device cuda -m "$model" --prompt-tokens 512 --gen-tokens 128 --reps 3 --json "$out/bench-cuda.json" ;;
+    e2e)
+      # The whole model against context length; E2E_ARGS narrows it (e.g. "--lengths 8k,32k").
+      if [ ! -e "$model" ]; then cat /tmp/models/part-* "$here"/model/part-* > "$model"; fi
+      run e2e "$bin/infinihip" bench e2e --device cuda -m "$model" ${E2E_ARGS:-} --json "$out/e2e.json" ;;
+    ncu-prefill)
+      # Where a HiP prefill step's time goes: every kernel of one 4096-token step at 16K-20K
+      # tokens of context (the fifth step of a 32K prompt), summed by kernel.
+      if [ ! -e "$model" ]; then cat /tmp/models/part-* "$here"/model/part-* > "$model"; fi
+      ncu --csv --metrics gpu__time_duration.sum --launch-skip "${NCU_SKIP:-2600}" --launch-count "${NCU_COUNT:-700}" \
+        "$bin/infinihip" bench cpu --device cuda --attention hip -m "$model" --prompt-tokens 32768 --gen-tokens 0 \
+        --reps 1 > "$out/ncu-prefill.csv" 2> "$out/ncu-prefill.err"
+      python3 "$here/ncu_summary.py" "$out/ncu-prefill.csv" | tee "$out/ncu-prefill.txt" ;;
     passkey)
       # HiP passkey on the GPU; PASSKEY_LENGTHS / PASSKEY_TRIALS narrow it.
       if [ ! -e "$model" ]; then cat /tmp/models/part-* "$here"/model/part-* > "$model"; fi

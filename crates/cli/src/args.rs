@@ -172,6 +172,44 @@ pub enum BenchCommand {
     /// Per-layer attention latency on the GPU against context length: one decode step and one
     /// prefill chunk, for our kernels, with the bytes/FLOPs floor (see docs/BENCHMARKS.md).
     Attention(crate::bench_attention::AttentionBenchArgs),
+    /// The whole model against context length: time to first token and decode tokens/s, HiP
+    /// at every length and dense attention up to --dense-up-to.
+    E2e(E2eArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct E2eArgs {
+    /// Prompt lengths in tokens, comma-separated; k = 1024, m = 1024².
+    #[arg(long, value_name = "LIST", default_value = "8k,32k,128k,512k,1m", value_parser = parse_lengths)]
+    pub lengths: Lengths,
+    /// Tokens decoded after each prompt (greedy; the end-of-sequence token does not stop them).
+    #[arg(long, default_value_t = 64)]
+    pub gen_tokens: usize,
+    /// Also time dense attention at lengths up to this many tokens (0: never).
+    #[arg(long, value_name = "TOKENS", default_value = "32k", value_parser = parse_token_count)]
+    pub dense_up_to: usize,
+    /// HiP preset: default, fast, flash or 5k [default: default]
+    #[arg(long, value_name = "NAME")]
+    pub hip_preset: Option<String>,
+    /// HiP settings overriding the preset: a JSON object, or the path of a file holding one.
+    #[arg(long, value_name = "JSON|PATH")]
+    pub hip_config: Option<String>,
+    /// Write the rows as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// A token count such as `32768`, `32k` or `1m` (k = 1024, m = 1024²); 0 is allowed.
+fn parse_token_count(s: &str) -> Result<usize, String> {
+    if s.trim() == "0" {
+        return Ok(0);
+    }
+    parse_lengths(s).map_err(|e| e.to_string()).and_then(|l| match l.0[..] {
+        [n] => Ok(n),
+        _ => Err(format!("`{s}`: one token count expected")),
+    })
 }
 
 /// `--ctx-size` means the same for the evals, with a default of their own.
@@ -253,9 +291,10 @@ pub struct ModelArgs {
     /// CPU threads [default: one per core]
     #[arg(long, short = 't', default_value_t = 0, hide_default_value = true)]
     pub threads: usize,
-    /// Most tokens per prefill step; bounds activation memory on long prompts.
-    #[arg(long, default_value_t = 512)]
-    pub prefill_chunk: usize,
+    /// Most tokens per prefill step; bounds activation memory on long prompts [default: 512 on
+    /// the CPU, 4096 on CUDA, whose kernels need the larger steps to fill the GPU]
+    #[arg(long, value_name = "TOKENS")]
+    pub prefill_chunk: Option<usize>,
     /// Tokens per KV-cache page.
     #[arg(long, default_value_t = 64)]
     pub page_size: usize,

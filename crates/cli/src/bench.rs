@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use infinihip_engine::backend::Backend;
 use infinihip_engine::kv::SeqKv;
 use infinihip_engine::LogitsWanted;
 use serde::Serialize;
@@ -128,6 +129,134 @@ pub fn cpu(
         );
         if let Some(path) = json {
             let text = serde_json::to_string_pretty(&result).context("rendering JSON")?;
+            std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        }
+    });
+    Ok(())
+}
+
+/// One measured point of `bench e2e`.
+#[derive(Serialize)]
+struct E2eRow {
+    context: usize,
+    attention: String,
+    /// Prefill of the whole prompt, up to the first token's logits.
+    ttft_s: f64,
+    prefill_tokens_per_s: f64,
+    decode_tokens: usize,
+    decode_tokens_per_s: f64,
+    /// Device memory in use after the decode steps (every process), when the backend has a
+    /// device.
+    device_memory_bytes: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct E2eReport {
+    model: String,
+    backend: String,
+    hip_preset: String,
+    prefill_chunk: usize,
+    kv_capacity_tokens: usize,
+    command: String,
+    commit: &'static str,
+    rows: Vec<E2eRow>,
+}
+
+/// `infinihip bench e2e`: time to first token and decode speed of the whole model as the context
+/// grows, with HiP at every length and dense attention up to `dense_up_to` tokens (dense
+/// prefill grows with the square of the length). One sequence at a time, the KV cache on the
+/// device; each length starts from an empty cache.
+pub fn e2e(args: &crate::args::E2eArgs) -> Result<()> {
+    let lengths = &args.lengths.0;
+    let longest = lengths.last().copied().context("no --lengths given")?;
+    let hip = AttentionChoice::new(&AttentionArgs {
+        attention: crate::attention::AttentionKind::Hip,
+        hip_preset: args.hip_preset.clone(),
+        hip_config: args.hip_config.clone(),
+    })?;
+    let opened = Opened::new(&args.model.path)?;
+    let capacity = longest + args.gen_tokens + 1;
+    with_engine!(opened, &args.model, capacity, |engine, device| {
+        let unit = opened.tokenizer.encode(FILLER, false)?;
+        let n_layers = engine.model().config().n_layers;
+        eprintln!(
+            "bench e2e: {} on {}, KV pool of {capacity} tokens, prefill steps of {} tokens",
+            lengths.iter().map(|&n| crate::eval::options::length_label(n)).collect::<Vec<_>>().join(", "),
+            device.label,
+            engine.options().prefill_chunk
+        );
+        let mut rows = Vec::new();
+        for &n in lengths {
+            let prompt: Vec<u32> = unit.iter().copied().cycle().take(n).collect();
+            let mut modes = vec![(hip.label(), hip.mode())];
+            if n <= args.dense_up_to {
+                modes.push(("dense".to_string(), infinihip_engine::AttentionMode::Dense));
+            }
+            for (label, mode) in modes {
+                let mut seq = SeqKv::with_attention(&mode, n_layers);
+                let t0 = Instant::now();
+                let mut last_report = Instant::now();
+                let logits = engine.feed(&mut seq, &prompt, LogitsWanted::Last, &mut |done, total| {
+                    if last_report.elapsed().as_secs_f64() >= 10.0 {
+                        eprintln!("  {label} {n}: prefilled {done}/{total} tokens");
+                        last_report = Instant::now();
+                    }
+                })?;
+                let ttft = t0.elapsed().as_secs_f64();
+                let mut token = argmax(&logits);
+                let t1 = Instant::now();
+                for _ in 0..args.gen_tokens {
+                    let logits = engine.feed(&mut seq, &[token], LogitsWanted::Last, &mut |_, _| {})?;
+                    token = argmax(&logits);
+                }
+                let decode_s = t1.elapsed().as_secs_f64();
+                let memory = engine.model().backend().device_memory_in_use();
+                engine.release(&mut seq);
+                let row = E2eRow {
+                    context: n,
+                    attention: label,
+                    ttft_s: ttft,
+                    prefill_tokens_per_s: n as f64 / ttft,
+                    decode_tokens: args.gen_tokens,
+                    decode_tokens_per_s: args.gen_tokens as f64 / decode_s,
+                    device_memory_bytes: memory,
+                };
+                eprintln!(
+                    "  {} {}: TTFT {:.2} s ({:.0} tokens/s), decode {:.1} tokens/s",
+                    row.attention,
+                    crate::eval::options::length_label(n),
+                    row.ttft_s,
+                    row.prefill_tokens_per_s,
+                    row.decode_tokens_per_s
+                );
+                rows.push(row);
+            }
+        }
+        println!("| context | attention | TTFT (s) | prefill tokens/s | decode tokens/s | device memory (GiB) |");
+        println!("|---|---|---|---|---|---|");
+        for r in &rows {
+            let mem = r.device_memory_bytes.map_or("-".to_string(), |b| format!("{:.1}", b as f64 / (1u64 << 30) as f64));
+            println!(
+                "| {} | {} | {:.2} | {:.0} | {:.1} | {mem} |",
+                crate::eval::options::length_label(r.context),
+                r.attention,
+                r.ttft_s,
+                r.prefill_tokens_per_s,
+                r.decode_tokens_per_s
+            );
+        }
+        if let Some(path) = &args.json {
+            let report = E2eReport {
+                model: opened.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                backend: device.label.clone(),
+                hip_preset: hip.label(),
+                prefill_chunk: engine.options().prefill_chunk,
+                kv_capacity_tokens: capacity,
+                command: std::env::args().collect::<Vec<_>>().join(" "),
+                commit: env!("INFINIHIP_COMMIT"),
+                rows,
+            };
+            let text = serde_json::to_string_pretty(&report).context("rendering JSON")?;
             std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
         }
     });

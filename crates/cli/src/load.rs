@@ -58,11 +58,12 @@ impl Opened {
 
     /// Loads the weights on `backend` with a KV pool of `ctx_tokens` positions.
     pub fn engine<B: Backend>(&self, backend: B, args: &ModelArgs, ctx_tokens: usize) -> Result<Engine<B>> {
+        let prefill_chunk = args.prefill_chunk.unwrap_or_else(|| backend.default_prefill_chunk());
         let model =
             Llama::load(self.file.clone(), backend).with_context(|| format!("loading {}", self.path.display()))?;
         let options = EngineOptions {
             page_size: args.page_size,
-            prefill_chunk: args.prefill_chunk,
+            prefill_chunk,
             kv_capacity_tokens: ctx_tokens,
         };
         Ok(Engine::new(model, options)?)

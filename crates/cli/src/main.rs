@@ -48,6 +48,7 @@ fn run() -> Result<()> {
             bench::cpu(prompt_tokens, gen_tokens, reps, json.as_deref(), &model, &attention)
         }
         Command::Bench(BenchCommand::Attention(args)) => bench_attention::attention(&args),
+        Command::Bench(BenchCommand::E2e(args)) => bench::e2e(&args),
         Command::Eval(EvalCommand::Passkey { eval: args }) => eval::passkey(&args),
         Command::Eval(EvalCommand::Niah { variant, haystack, needles, eval: args }) => {
             eval::niah(variant, haystack, needles, &args)

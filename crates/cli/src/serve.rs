@@ -59,9 +59,9 @@ pub fn serve(args: &ServeArgs, model: &ModelArgs, attention: &AttentionArgs) -> 
                 default_attention: attention.mode(),
             },
             scheduler: SchedulerOptions {
-                max_running: args.max_running.unwrap_or(DEFAULT_MAX_RUNNING.min(model.prefill_chunk)),
+                max_running: args.max_running.unwrap_or(DEFAULT_MAX_RUNNING.min(engine.options().prefill_chunk)),
                 max_waiting: args.max_queue,
-                step_tokens: model.prefill_chunk,
+                step_tokens: engine.options().prefill_chunk,
             },
         };
         let name = config.api.model_name.clone();

@@ -105,6 +105,12 @@ impl Gpu {
         Ok(Self { ctx, stream, blas, info, functions, last_kernel: Mutex::new("(none)"), sync_each_launch })
     }
 
+    /// Device memory in use by every process (total − free), in bytes.
+    pub fn memory_in_use(&self) -> Result<usize, CudaError> {
+        let (free, total) = self.ctx.mem_get_info().map_err(self.driver_err("reading free memory"))?;
+        Ok(total.saturating_sub(free))
+    }
+
     pub fn info(&self) -> &DeviceInfo {
         &self.info
     }

@@ -291,6 +291,16 @@ impl Backend for CudaBackend {
         "cuda"
     }
 
+    /// A HiP prefill step prunes one query block per 64 tokens in parallel, and the GEMMs want
+    /// thousands of rows: 512-token steps left the GPU mostly idle.
+    fn default_prefill_chunk(&self) -> usize {
+        4096
+    }
+
+    fn device_memory_in_use(&self) -> Option<usize> {
+        self.gpu.memory_in_use().ok()
+    }
+
     fn run_step<R: Send>(&self, step: impl FnOnce() -> R + Send) -> R {
         step()
     }

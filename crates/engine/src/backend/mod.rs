@@ -160,6 +160,16 @@ pub trait Backend: Send + Sync {
 
     fn name(&self) -> &'static str;
 
+    /// Tokens per prefill step when the user does not say: enough to keep the device busy.
+    fn default_prefill_chunk(&self) -> usize {
+        512
+    }
+
+    /// Device memory in use, in bytes, where the backend owns a device (`None` on the CPU).
+    fn device_memory_in_use(&self) -> Option<usize> {
+        None
+    }
+
     /// Runs a whole forward step in the backend's execution context (the CPU backend's thread
     /// pool: ops then run inside it, and their parallel loops find the workers awake).
     fn run_step<R: Send>(&self, step: impl FnOnce() -> R + Send) -> R;
