@@ -235,7 +235,8 @@ pub fn e2e(args: &crate::args::E2eArgs) -> Result<()> {
         println!("| context | attention | TTFT (s) | prefill tokens/s | decode tokens/s | device memory (GiB) |");
         println!("|---|---|---|---|---|---|");
         for r in &rows {
-            let mem = r.device_memory_bytes.map_or("-".to_string(), |b| format!("{:.1}", b as f64 / (1u64 << 30) as f64));
+            let mem =
+                r.device_memory_bytes.map_or("-".to_string(), |b| format!("{:.1}", b as f64 / (1u64 << 30) as f64));
             println!(
                 "| {} | {} | {:.2} | {:.0} | {:.1} | {mem} |",
                 crate::eval::options::length_label(r.context),

@@ -61,11 +61,7 @@ impl Opened {
         let prefill_chunk = args.prefill_chunk.unwrap_or_else(|| backend.default_prefill_chunk());
         let model =
             Llama::load(self.file.clone(), backend).with_context(|| format!("loading {}", self.path.display()))?;
-        let options = EngineOptions {
-            page_size: args.page_size,
-            prefill_chunk,
-            kv_capacity_tokens: ctx_tokens,
-        };
+        let options = EngineOptions { page_size: args.page_size, prefill_chunk, kv_capacity_tokens: ctx_tokens };
         Ok(Engine::new(model, options)?)
     }
 }

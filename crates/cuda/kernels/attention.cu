@@ -11,15 +11,15 @@
 // (i < rope_half) is (2i, 2i+1) for GGUF llama weights (`rope_adjacent`) or (i, i + rope_half)
 // (Qwen2); components past 2·rope_half are not rotated.
 //
-// Two kernels, flash-decoding style:
-// 1. `attn_partial_d{D}_r{ROWS}`: one block per (work item, KV head). A work item (`AttnCta`,
-//    planned on the host by infinihip_cuda::attention::plan) is ROWS consecutive "flat rows"
-//    f = t·g + j (token t of the sequence's step, head j of the group) and one split [k0, k1)
-//    of the key list. It streams key tiles through shared memory (rotated as they are
-//    loaded), keeps an online softmax per row, and writes the unnormalised partial
-//    (m, l, acc[d]) of each row for its split. ROWS = 4 serves decode steps (one token, one
-//    warp per row), ROWS = 16 prefill chunks (8 lanes per row).
-// 2. `attn_combine`: merges the splits of each (row, head) and writes acc / l as bf16.
+// Flash-decoding style, one block per (work item, KV head). A work item (`AttnCta`, planned on
+// the host by infinihip_cuda::attention::plan) is ROWS consecutive "flat rows" f = t·g + j
+// (token t of the run, head j of the group) and one split [k0, k1) of the key list. It streams
+// key tiles through shared memory (rotated as they are loaded), keeps an online softmax per
+// row, and writes the unnormalised partial (m, l, acc[d]) of each row for its split:
+// 1. `attn_partial_d{D}_r4`: ROWS = 4 (decode steps whose RoPE layout decode_partial lacks),
+//    f32 on CUDA cores, one warp per row;
+// 2. `attn_prefill_tc_d{D}`: ROWS = 64 (prefill chunks), bf16 tensor cores (below);
+// 3. `attn_combine`: merges the splits of each (row, head) and writes acc / l as bf16.
 //
 // Causality is by true position: the query at position p sees keys at positions ≤ p.
 //
@@ -246,9 +246,243 @@ __device__ __forceinline__ void attn_partial(const AttnParams& p) {
 }
 
 extern "C" __global__ void __launch_bounds__(128) attn_partial_d64_r4(const AttnParams p) { attn_partial<64, 4>(p); }
-extern "C" __global__ void __launch_bounds__(128) attn_partial_d64_r16(const AttnParams p) { attn_partial<64, 16>(p); }
 extern "C" __global__ void __launch_bounds__(128) attn_partial_d128_r4(const AttnParams p) { attn_partial<128, 4>(p); }
-extern "C" __global__ void __launch_bounds__(128) attn_partial_d128_r16(const AttnParams p) { attn_partial<128, 16>(p); }
+
+// ---------------------------------------------------------------------------------------------
+// attn_prefill_tc_d{D}: the prefill work items (64 flat rows of one run, one split of its key
+// list, one KV head) on tensor cores, flash-attention 2 style. The queries (rotated, scaled by
+// scale·log2 e) and each tile of KT keys (gathered through `key_position`, rotated at their RoPE
+// positions) are rounded to bf16 in shared memory; V is stored transposed. Each of the 4 warps
+// owns 16 rows: S = Q·Kᵀ and O += P·V are mma.sync m16n8k16 (bf16 in, f32 accumulate), with
+// the online softmax on the accumulator fragments (rows g and g + 8 of the warp's tile, held by
+// the 4 lanes of a quad). Partials (m in natural-log units, l, acc) go to attn_combine as
+// attn_partial's do.
+
+__device__ __forceinline__ void mma_bf16_16816(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const unsigned*>(&v);
+}
+
+template <int D>
+__device__ __forceinline__ void attn_prefill_tc(const AttnParams& p) {
+    constexpr int ROWS = 64, THREADS = 128;
+    constexpr int KT = D == 64 ? 64 : 32;  // keys per tile (shared memory stays under 48 KiB)
+    constexpr int DP = D + 8;              // padded row: 16-byte aligned, fewer bank conflicts
+    constexpr int KP = KT + 8;
+    constexpr int NT = KT / 8;             // n-tiles of S per warp
+    constexpr int DT = D / 8;              // n-tiles of O per warp
+    constexpr float LOG2E = 1.4426950408889634f;
+    constexpr float LN2 = 0.6931471805599453f;
+    __shared__ __align__(16) bf16 sQ[ROWS][DP];
+    __shared__ __align__(16) bf16 sK[KT][DP];
+    __shared__ __align__(16) bf16 sVt[D][KP];
+    __shared__ int sPos[KT];
+    __shared__ int sRope[KT];
+    __shared__ int sQpos[ROWS];
+
+    const AttnCta c = p.ctas[blockIdx.x];
+    const SeqDesc s = p.seqs[c.seq];
+    const int kvh = blockIdx.y;
+    const int g = p.n_heads / p.n_kv_heads;
+    const int n_flat = s.n_tokens * g;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int quad = lane / 4, tq = lane % 4;
+    int n_sel = 0;
+    const int* blocks = nullptr;
+    if (s.mask >= 0) {
+        n_sel = p.mask_tokens[2 * s.mask + 1];
+        blocks = p.mask_blocks + (size_t)s.mask * p.max_blocks;
+    }
+    const int last_flat = min(c.f0 + ROWS, n_flat) - 1;
+    const int p_last = s.pos_start + last_flat / g;
+    const int n_keys = min(s.n_sink, p_last + 1) + n_sel + max(0, p_last + 1 - s.window_start);
+    const int key_end = min(c.k1, n_keys);
+    const int rope_off = s.window_start - n_sel - s.n_sink;
+    const size_t width = (size_t)p.n_kv_heads * D;
+    const size_t layer_page = (size_t)p.page_size * width;
+    const size_t page_elems = 2 * (size_t)p.n_layers * layer_page;
+
+    // Queries: 64 flat rows, rotated at their positions, scaled, as bf16.
+    for (int task = threadIdx.x; task < ROWS * (D / 2); task += THREADS) {
+        const int r = task / (D / 2), i = task % (D / 2);
+        const int f = c.f0 + r;
+        const bool active = f < n_flat;
+        const int t = active ? f / g : 0;
+        const int h = kvh * g + (active ? f % g : 0);
+        const int q_pos = s.pos_start + t;
+        if (i == 0) sQpos[r] = active ? q_pos : -1;
+        int a, b;
+        pair_of(i, p.rope_half, p.rope_adjacent, a, b);
+        const bf16* src = p.q + ((size_t)(s.row_start + t) * p.n_heads + h) * D;
+        float xa = active ? to_f32(src[a]) : 0.f, xb = active ? to_f32(src[b]) : 0.f;
+        if (i < p.rope_half) {
+            const float cs = p.cos[(size_t)q_pos * p.rope_half + i], sn = p.sin[(size_t)q_pos * p.rope_half + i];
+            const float ya = xa * cs - xb * sn, yb = xa * sn + xb * cs;
+            xa = ya;
+            xb = yb;
+        }
+        const float sc = p.scale * LOG2E;
+        sQ[r][a] = to_bf16(xa * sc);
+        sQ[r][b] = to_bf16(xb * sc);
+    }
+
+    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
+    float o[DT][4];
+#pragma unroll
+    for (int j = 0; j < DT; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+    unsigned qa[D / 16][4];
+    const int r0 = warp * 16 + quad;  // this lane's rows r0 and r0 + 8 of the CTA's 64
+
+    for (int tile = c.k0; tile < key_end; tile += KT) {
+        __syncthreads();  // the queries are written (first tile); the previous tile is consumed
+        for (int j = threadIdx.x; j < KT; j += THREADS) {
+            const int v = tile + j;
+            const int kp = v < key_end ? key_position(v, s.n_sink, n_sel, blocks, p.block_k, s.window_start) : -1;
+            sPos[j] = kp;
+            sRope[j] = s.rope_streaming ? v + rope_off : kp;
+        }
+        __syncthreads();
+        for (int task = threadIdx.x; task < KT * (D / 2); task += THREADS) {
+            const int j = task / (D / 2), i = task % (D / 2);
+            const int kp = sPos[j];
+            int a, b;
+            pair_of(i, p.rope_half, p.rope_adjacent, a, b);
+            float ka = 0.f, kb = 0.f, va = 0.f, vb = 0.f;
+            if (kp >= 0) {
+                const size_t page = p.page_ids[s.page_start + kp / p.page_size];
+                const bf16* k_row =
+                    p.kv + page * page_elems + (2 * (size_t)p.layer) * layer_page + (size_t)(kp % p.page_size) * width + (size_t)kvh * D;
+                const bf16* v_row = k_row + layer_page;
+                ka = to_f32(k_row[a]);
+                kb = to_f32(k_row[b]);
+                va = to_f32(v_row[a]);
+                vb = to_f32(v_row[b]);
+                if (i < p.rope_half) {
+                    const size_t rp = (size_t)sRope[j] * p.rope_half + i;
+                    const float cs = p.cos[rp], sn = p.sin[rp];
+                    const float ya = ka * cs - kb * sn, yb = ka * sn + kb * cs;
+                    ka = ya;
+                    kb = yb;
+                }
+            }
+            sK[j][a] = to_bf16(ka);
+            sK[j][b] = to_bf16(kb);
+            sVt[a][j] = to_bf16(va);
+            sVt[b][j] = to_bf16(vb);
+        }
+        __syncthreads();
+        if (tile == c.k0) {
+#pragma unroll
+            for (int kk = 0; kk < D / 16; ++kk) {
+                qa[kk][0] = *reinterpret_cast<const unsigned*>(&sQ[r0][kk * 16 + 2 * tq]);
+                qa[kk][1] = *reinterpret_cast<const unsigned*>(&sQ[r0 + 8][kk * 16 + 2 * tq]);
+                qa[kk][2] = *reinterpret_cast<const unsigned*>(&sQ[r0][kk * 16 + 8 + 2 * tq]);
+                qa[kk][3] = *reinterpret_cast<const unsigned*>(&sQ[r0 + 8][kk * 16 + 8 + 2 * tq]);
+            }
+        }
+
+        // S = Q·Kᵀ for the warp's 16 rows and the tile's KT keys.
+        float sc[NT][4];
+#pragma unroll
+        for (int n = 0; n < NT; ++n) {
+            sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < D / 16; ++kk) {
+                const unsigned b0 = *reinterpret_cast<const unsigned*>(&sK[n * 8 + quad][kk * 16 + 2 * tq]);
+                const unsigned b1 = *reinterpret_cast<const unsigned*>(&sK[n * 8 + quad][kk * 16 + 8 + 2 * tq]);
+                mma_bf16_16816(sc[n], qa[kk], b0, b1);
+            }
+        }
+        // Causal and list masking, then the online softmax of rows r0 (e = 0) and r0 + 8 (e = 1).
+        const int qp[2] = {sQpos[r0], sQpos[r0 + 8]};
+        float tmax[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+        for (int n = 0; n < NT; ++n) {
+#pragma unroll
+            for (int x = 0; x < 4; ++x) {
+                const int e = x / 2;
+                const int kp = sPos[n * 8 + 2 * tq + (x & 1)];
+                const bool visible = qp[e] >= 0 && kp >= 0 && kp <= qp[e];
+                sc[n][x] = visible ? sc[n][x] : NEG_INF;
+                tmax[e] = fmaxf(tmax[e], sc[n][x]);
+            }
+        }
+        float corr[2];
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            tmax[e] = fmaxf(tmax[e], __shfl_xor_sync(0xffffffffu, tmax[e], 1));
+            tmax[e] = fmaxf(tmax[e], __shfl_xor_sync(0xffffffffu, tmax[e], 2));
+            const float m_new = fmaxf(m[e], tmax[e]);
+            corr[e] = m_new == NEG_INF ? 1.f : exp2f(m[e] - m_new);
+            m[e] = m_new;
+        }
+        float psum[2] = {0.f, 0.f};
+#pragma unroll
+        for (int n = 0; n < NT; ++n) {
+#pragma unroll
+            for (int x = 0; x < 4; ++x) {
+                const int e = x / 2;
+                const float w = m[e] == NEG_INF ? 0.f : exp2f(sc[n][x] - m[e]);
+                sc[n][x] = w;
+                psum[e] += w;
+            }
+        }
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            psum[e] += __shfl_xor_sync(0xffffffffu, psum[e], 1);
+            psum[e] += __shfl_xor_sync(0xffffffffu, psum[e], 2);
+            l[e] = l[e] * corr[e] + psum[e];
+        }
+#pragma unroll
+        for (int j = 0; j < DT; ++j) {
+            o[j][0] *= corr[0];
+            o[j][1] *= corr[0];
+            o[j][2] *= corr[1];
+            o[j][3] *= corr[1];
+        }
+        // O += P·V: the S accumulators of n-tiles 2kk and 2kk + 1 are the A fragment of k-step kk.
+#pragma unroll
+        for (int kk = 0; kk < KT / 16; ++kk) {
+            const unsigned pa[4] = {pack_bf16(sc[2 * kk][0], sc[2 * kk][1]), pack_bf16(sc[2 * kk][2], sc[2 * kk][3]),
+                                    pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
+                                    pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
+#pragma unroll
+            for (int j = 0; j < DT; ++j) {
+                const unsigned b0 = *reinterpret_cast<const unsigned*>(&sVt[j * 8 + quad][kk * 16 + 2 * tq]);
+                const unsigned b1 = *reinterpret_cast<const unsigned*>(&sVt[j * 8 + quad][kk * 16 + 8 + 2 * tq]);
+                mma_bf16_16816(o[j], pa, b0, b1);
+            }
+        }
+    }
+
+    // Partials of rows r0 and r0 + 8: the quad's lanes hold columns 8j + 2tq, +1.
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+        const int f = c.f0 + r0 + 8 * e;
+        if (f >= n_flat) continue;
+        const int t = f / g, h = kvh * g + f % g;
+        const size_t slot = ((size_t)(s.row_start + t) * p.n_heads + h) * p.max_splits + c.split;
+#pragma unroll
+        for (int j = 0; j < DT; ++j) {
+            p.part_acc[slot * D + j * 8 + 2 * tq] = o[j][2 * e];
+            p.part_acc[slot * D + j * 8 + 2 * tq + 1] = o[j][2 * e + 1];
+        }
+        if (tq == 0) {
+            p.part_ml[2 * slot] = m[e] == NEG_INF ? NEG_INF : m[e] * LN2;
+            p.part_ml[2 * slot + 1] = l[e];
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(128) attn_prefill_tc_d64(const AttnParams p) { attn_prefill_tc<64>(p); }
+extern "C" __global__ void __launch_bounds__(128) attn_prefill_tc_d128(const AttnParams p) { attn_prefill_tc<128>(p); }
 
 // attn_combine: out[row][h] = Σ_s e^(m_s − M)·acc_s / Σ_s e^(m_s − M)·l_s over the n_splits[row·H + h]
 // splits of (row, h). Grid: one block per (row, h); block: a multiple of d threads, at most

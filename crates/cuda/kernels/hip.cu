@@ -62,9 +62,6 @@ struct HipStageParams {
 };
 static_assert(sizeof(HipStageParams) == 152, "HipStageParams mirrors infinihip_cuda::hip::HipStageParams");
 
-// Warps per block of `hip_stage_scores`: each scores one candidate at a time.
-#define HIP_WARPS 2
-
 // Rotates head vector `x` (d values, f32) in place at table row `row`, as
 // infinihip_core::rope::rotate_into does, bit for bit. `lane`/`step` split the pairs.
 __device__ __forceinline__ void rotate_exact(float* x, int d, int row, const HipStageParams& p, int lane, int step) {
@@ -78,24 +75,6 @@ __device__ __forceinline__ void rotate_exact(float* x, int d, int row, const Hip
         x[a] = __fsub_rn(__fmul_rn(xa, ci), __fmul_rn(xb, si));
         x[b] = __fadd_rn(__fmul_rn(xa, si), __fmul_rn(xb, ci));
     }
-}
-
-// The CPU's `dot` of a scoring row (component e at a[e·stride]) with a key: 8 lanes over
-// i ≡ j (mod 8) in index order, the lanes summed 0..8, then the tail of d % 8 terms.
-__device__ __forceinline__ float dot_exact_strided(const float* a, int stride, const float* b, int d) {
-    float lanes[8];
-#pragma unroll
-    for (int j = 0; j < 8; ++j) lanes[j] = 0.f;
-    const int n8 = d / 8 * 8;
-    for (int m = 0; m < n8; m += 8) {
-#pragma unroll
-        for (int j = 0; j < 8; ++j) lanes[j] = __fadd_rn(lanes[j], __fmul_rn(a[(size_t)(m + j) * stride], b[m + j]));
-    }
-    float sum = 0.f;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) sum = __fadd_rn(sum, lanes[j]);
-    for (int i = n8; i < d; ++i) sum = __fadd_rn(sum, __fmul_rn(a[(size_t)i * stride], b[i]));
-    return sum;
 }
 
 // The pruning position of a query at `q_pos` (PruningPositions::query).
@@ -144,10 +123,9 @@ extern "C" __global__ void hip_pool_queries(const HipStageParams p) {
     }
 }
 
-// One probe: max over the entry's scoring rows and heads of row · RoPE(key at `key_pos`,
-// rotated at `rope_pos`). The warp stages the rotated key of every KV head in `sk`
-// ([Hkv][d + 1]), then the lanes score the (row, head) pairs.
-__device__ float probe(const HipStageParams& p, const HipSeq& s, const float* sq, float* sk, int key_pos, int rope_pos) {
+// Loads the key at `key_pos` (every KV head) into `dst` ([Hkv][d + 1] f32) and rotates it at
+// table row `rope_pos`; the whole warp takes part.
+__device__ void load_probe_key(const HipStageParams& p, const HipSeq& s, float* dst, int key_pos, int rope_pos) {
     const int lane = threadIdx.x % 32;
     const int d = p.head_dim, ds = d + 1;
     const size_t width = (size_t)p.n_kv_heads * d;
@@ -155,28 +133,20 @@ __device__ float probe(const HipStageParams& p, const HipSeq& s, const float* sq
     const size_t page = p.page_ids[s.page_start + key_pos / p.page_size];
     const bf16* k_row = p.kv + page * 2 * (size_t)p.n_layers * layer_page + 2 * (size_t)p.layer * layer_page +
                         (size_t)(key_pos % p.page_size) * width;
-    __syncwarp();  // the previous probe's readers are done with sk
     // 16-byte loads: 8 components of one head per lane (d is a multiple of 8).
     for (int e = lane * 8; e < (int)width; e += 256) {
         const uint4 raw = *reinterpret_cast<const uint4*>(k_row + e);
         const __nv_bfloat162* h2 = reinterpret_cast<const __nv_bfloat162*>(&raw);
-        float* dst = sk + (e / d) * ds + e % d;
+        float* out = dst + (e / d) * ds + e % d;
 #pragma unroll
         for (int t = 0; t < 4; ++t) {
             const float2 f = __bfloat1622float2(h2[t]);
-            dst[2 * t] = f.x;
-            dst[2 * t + 1] = f.y;
+            out[2 * t] = f.x;
+            out[2 * t + 1] = f.y;
         }
     }
     __syncwarp();
-    for (int kvh = 0; kvh < p.n_kv_heads; ++kvh) rotate_exact(sk + kvh * ds, d, rope_pos, p, lane, 32);
-    __syncwarp();
-    const int g = p.n_heads / p.n_kv_heads;
-    const int n_pairs = (s.n_q + p.query_group - 1) / p.query_group * p.n_heads;
-    const int rh = p.max_rows * p.n_heads;
-    float best = NEG_INF;
-    for (int x = lane; x < n_pairs; x += 32) best = fmaxf(best, dot_exact_strided(sq + x, rh, sk + (x % p.n_heads / g) * ds, d));
-    return group_max<32>(best);
+    for (int kvh = 0; kvh < p.n_kv_heads; ++kvh) rotate_exact(dst + kvh * ds, d, rope_pos, p, lane, 32);
 }
 
 __device__ __forceinline__ unsigned orderable(float f) {
@@ -184,57 +154,147 @@ __device__ __forceinline__ unsigned orderable(float f) {
     return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
 }
 
-// Grid: (ceil(max_cand / HIP_WARPS), sequences); block: 32·HIP_WARPS threads; dynamic shared
-// memory: HIP_WARPS·Hkv·(d+1) floats. The scoring rows come from `hip_pool_queries`.
+// hip_stage_scores: every candidate chunk's descent score (DESIGN.md §4.2 step 2). A warp
+// descends CANDS candidates in lockstep: at each level it stages their 2·CANDS probe keys
+// (rotated) in shared memory, and each lane scores its (row, head) pairs against all of them,
+// so that every scoring-row value it loads serves 2·CANDS dot products (one probe at a time
+// re-read the rows from L2 for every probe, which bounded the stage). Each dot product keeps
+// the CPU's order, so the scores are the CPU's bit for bit.
+// Grid: (ceil(max_cand / (CANDS·warps)), sequences); block: 32·warps threads; dynamic shared
+// memory: warps·2·CANDS·Hkv·(d+1) floats. The scoring rows come from `hip_pool_queries`.
+#define CANDS 4
 extern "C" __global__ void hip_stage_scores(const HipStageParams p) {
+    constexpr int NK = 2 * CANDS;  // probe keys per warp and level
     extern __shared__ float smem[];
     const HipSeq s = p.seqs[blockIdx.y];
     const int d = p.head_dim, ds = d + 1;
+    const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int key_floats = p.n_kv_heads * ds;
     const float* sq = p.rows + (size_t)blockIdx.y * d * p.max_rows * p.n_heads;
-    float* sk = smem + (threadIdx.x / 32) * p.n_kv_heads * ds;
+    float* sk = smem + (size_t)warp * NK * key_floats;
     const int l_c = p.chunk_size, w = s.window_end;
     const int n_grid = w > p.n_sink ? (w - p.n_sink + l_c - 1) / l_c : 0;  // chunks of the stage's whole grid
+    const int i0 = (blockIdx.x * warps + warp) * CANDS;
+    if (i0 >= p.max_cand) return;
 
-    const int i = blockIdx.x * HIP_WARPS + threadIdx.x / 32;
-    if (i >= p.max_cand) return;
-    int start = -1;
-    if (p.ratio == 0) {
-        if (i < n_grid) start = p.n_sink + i * l_c;
-    } else {
-        const int parent = i / p.ratio;
-        if (parent < p.prev_counts[2 * blockIdx.y]) {
-            const int st = p.prev_starts[(size_t)blockIdx.y * p.prev_stride + parent] + (i % p.ratio) * l_c;
-            if (st < w) start = st;
-        }
-    }
-    unsigned long long key = 0;
-    if (start >= 0) {
-        // The descent of DESIGN.md §4.2 step 2 over [start, min(start + l_c, w)).
-        const int chunk_rope = (start - p.n_sink) / l_c;
-        int l = start, r = min(start + l_c, w);
-        float best;
-        if (r - l == 1) {
-            best = probe(p, s, sq, sk, l, s.strategy == 0 ? 0 : (s.strategy == 1 ? chunk_rope : l));
-        } else {
-            best = NEG_INF;
-            while (r - l > 1) {
-                const int c = l + (r - l) / 2;
-                const int kl = l + (c - l) / 2, kr = c + (r - c) / 2;
-                const float left = probe(p, s, sq, sk, kl, s.strategy == 0 ? 0 : (s.strategy == 1 ? chunk_rope : kl));
-                const float right = probe(p, s, sq, sk, kr, s.strategy == 0 ? 1 : (s.strategy == 1 ? chunk_rope : kr));
-                best = fmaxf(fmaxf(best, left), right);
-                if (right > left) {
-                    l = c;
-                } else {
-                    r = c;
+    // Candidates i0 .. i0 + CANDS: start (−1: none), the descent's [l, r) and running best.
+    int start[CANDS], l[CANDS], r[CANDS];
+    float best[CANDS];
+#pragma unroll
+    for (int c = 0; c < CANDS; ++c) {
+        const int i = i0 + c;
+        int st = -1;
+        if (i < p.max_cand) {
+            if (p.ratio == 0) {
+                if (i < n_grid) st = p.n_sink + i * l_c;
+            } else {
+                const int parent = i / p.ratio;
+                if (parent < p.prev_counts[2 * blockIdx.y]) {
+                    const int x = p.prev_starts[(size_t)blockIdx.y * p.prev_stride + parent] + (i % p.ratio) * l_c;
+                    if (x < w) st = x;
                 }
             }
         }
-        key = ((unsigned long long)orderable(best) << 32) | (unsigned long long)(0xffffffffu - (unsigned)i);
+        start[c] = st;
+        l[c] = st;
+        r[c] = st >= 0 ? min(st + l_c, w) : st;
+        best[c] = NEG_INF;
     }
-    if (threadIdx.x % 32 == 0) {
-        p.keys[(size_t)blockIdx.y * p.max_cand + i] = key;
-        p.starts[(size_t)blockIdx.y * p.max_cand + i] = start;
+    const int g = p.n_heads / p.n_kv_heads;
+    const int n_pairs = (s.n_q + p.query_group - 1) / p.query_group * p.n_heads;
+    const int rh = p.max_rows * p.n_heads;
+    for (bool first = true;; first = false) {
+        // This level's probes: key 2c scores the left half of candidate c, 2c + 1 the right; a
+        // one-token chunk is a single left probe at its first level.
+        int kpos[NK], mid[CANDS];
+        bool any = false;
+#pragma unroll
+        for (int c = 0; c < CANDS; ++c) {
+            kpos[2 * c] = kpos[2 * c + 1] = -1;
+            mid[c] = 0;
+            if (start[c] < 0) continue;
+            if (r[c] - l[c] > 1) {
+                mid[c] = l[c] + (r[c] - l[c]) / 2;
+                kpos[2 * c] = l[c] + (mid[c] - l[c]) / 2;
+                kpos[2 * c + 1] = mid[c] + (r[c] - mid[c]) / 2;
+                any = true;
+            } else if (first && r[c] - l[c] == 1) {
+                kpos[2 * c] = l[c];
+                any = true;
+            }
+        }
+        if (!any) break;
+        __syncwarp();  // the previous level's readers are done with sk
+#pragma unroll
+        for (int k = 0; k < NK; ++k) {
+            if (kpos[k] < 0) continue;
+            const int chunk_rope = (start[k / 2] - p.n_sink) / l_c;
+            const int rope_pos = s.strategy == 0 ? (k & 1) : (s.strategy == 1 ? chunk_rope : kpos[k]);
+            load_probe_key(p, s, sk + k * key_floats, kpos[k], rope_pos);
+        }
+        __syncwarp();
+        // max over the (row, head) pairs of row · key, for every probe key at once.
+        float res[NK];
+#pragma unroll
+        for (int k = 0; k < NK; ++k) res[k] = NEG_INF;
+        for (int x = lane; x < n_pairs; x += 32) {
+            const float* row = sq + x;
+            const float* key = sk + (x % p.n_heads / g) * ds;
+            float acc[NK][8];
+#pragma unroll
+            for (int k = 0; k < NK; ++k) {
+#pragma unroll
+                for (int j = 0; j < 8; ++j) acc[k][j] = 0.f;
+            }
+            const int n8 = d / 8 * 8;
+            for (int m = 0; m < n8; m += 8) {
+#pragma unroll
+                for (int j = 0; j < 8; ++j) {
+                    const float a = row[(size_t)(m + j) * rh];
+#pragma unroll
+                    for (int k = 0; k < NK; ++k) acc[k][j] = __fadd_rn(acc[k][j], __fmul_rn(a, key[k * key_floats + m + j]));
+                }
+            }
+#pragma unroll
+            for (int k = 0; k < NK; ++k) {
+                float sum = 0.f;
+#pragma unroll
+                for (int j = 0; j < 8; ++j) sum = __fadd_rn(sum, acc[k][j]);
+                for (int e = n8; e < d; ++e) sum = __fadd_rn(sum, __fmul_rn(row[(size_t)e * rh], key[k * key_floats + e]));
+                res[k] = fmaxf(res[k], sum);
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < NK; ++k) res[k] = group_max<32>(res[k]);
+#pragma unroll
+        for (int c = 0; c < CANDS; ++c) {
+            if (kpos[2 * c] < 0) continue;
+            if (kpos[2 * c + 1] < 0) {  // a one-token chunk: its single probe is its score
+                best[c] = res[2 * c];
+                r[c] = l[c];
+                continue;
+            }
+            const float left = res[2 * c], right = res[2 * c + 1];
+            best[c] = fmaxf(fmaxf(best[c], left), right);
+            if (right > left) {
+                l[c] = mid[c];
+            } else {
+                r[c] = mid[c];
+            }
+        }
+    }
+    if (lane < CANDS) {
+        // Lane c writes candidate c (registers indexed by a constant only, so no local memory).
+#pragma unroll
+        for (int c = 0; c < CANDS; ++c) {
+            const int i = i0 + c;
+            if (lane != c || i >= p.max_cand) continue;
+            const unsigned long long key =
+                start[c] < 0 ? 0ull
+                             : ((unsigned long long)orderable(best[c]) << 32) | (unsigned long long)(0xffffffffu - (unsigned)i);
+            p.keys[(size_t)blockIdx.y * p.max_cand + i] = key;
+            p.starts[(size_t)blockIdx.y * p.max_cand + i] = start[c];
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 //!
 //! A sequence's new tokens give `n_tokens · g` **flat rows** f = t·g + j (token t, head j of a
 //! GQA group of g = H / Hkv query heads). Consecutive flat rows are cut into groups of `ROWS`
-//! (4 for a decode step, 16 for a prefill chunk), and each group's causal key range
+//! (4 for a decode step, 64 for a prefill chunk on tensor cores), and each group's causal key range
 //! `[0, pos_start + last token + 1)` is split into `n_split` shares so that the whole step
 //! launches enough blocks to fill the GPU (split-K, flash-decoding style). Each work item is
 //! launched once per KV head. `n_splits[row·H + h]` tells the combine kernel how many partials
@@ -113,8 +113,8 @@ unsafe impl cudarc::driver::DeviceRepr for AttnCta {}
 
 /// Flat rows per block of a decode step (one token: g rows, one warp each).
 pub const DECODE_ROWS: usize = 4;
-/// Flat rows per block of a prefill chunk.
-pub const PREFILL_ROWS: usize = 16;
+/// Flat rows per block of a prefill chunk (`attn_prefill_tc`: four warps of 16 rows).
+pub const PREFILL_ROWS: usize = 64;
 /// A split holds at least this many keys: shorter ones cost more in partials than they save.
 pub const MIN_SPLIT_KEYS: usize = 256;
 /// The most splits of one group; bounds the partials buffer.

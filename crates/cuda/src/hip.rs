@@ -86,8 +86,11 @@ const _: () = assert!(std::mem::size_of::<HipStageParams>() == 152);
 // SAFETY: a plain #[repr(C)] struct of integers, mirrored field for field by the kernel's.
 unsafe impl cudarc::driver::DeviceRepr for HipStageParams {}
 
-/// Warps per block of `hip_stage_scores` (`HIP_WARPS` in the kernel).
-const HIP_WARPS: usize = 2;
+/// Candidates a warp of `hip_stage_scores` descends in lockstep (`CANDS` in the kernel).
+const CANDS: usize = 4;
+/// Warps per block of `hip_stage_scores` at most (fewer when their probe keys would not fit
+/// in 48 KiB of shared memory).
+const MAX_SCORE_WARPS: usize = 4;
 /// Threads of `hip_topk` (`TOPK_THREADS`).
 const TOPK_THREADS: u32 = 1024;
 
@@ -287,16 +290,21 @@ impl Gpu {
         // the entries' query rows are the caller's (as for `attention`).
         unsafe { l.run(cfg) }?;
 
-        let smem = HIP_WARPS * s.n_kv_heads * (d + 1) * 4;
-        if smem > 48 << 10 {
-            return Err(unsupported(K, format!("{smem} bytes of shared memory (48 KiB at most)")));
+        // Each warp stages 2·CANDS rotated probe keys of every KV head.
+        let per_warp = 2 * CANDS * s.n_kv_heads * (d + 1) * 4;
+        let warps = ((48 << 10) / per_warp).min(MAX_SCORE_WARPS);
+        if warps == 0 {
+            return Err(unsupported(K, format!("{per_warp} bytes of probe keys per warp (48 KiB at most)")));
         }
-        let grid =
-            (u32::try_from(stage.max_cand.div_ceil(HIP_WARPS)).map_err(|_| unsupported(K, "grid".into()))?, n_seqs, 1);
+        let smem = warps * per_warp;
+        let grid = (
+            u32::try_from(stage.max_cand.div_ceil(CANDS * warps)).map_err(|_| unsupported(K, "grid".into()))?,
+            n_seqs,
+            1,
+        );
         let mut l = self.launch(K)?;
         l.args.arg(&p);
-        let cfg =
-            LaunchConfig { grid_dim: grid, block_dim: (32 * HIP_WARPS as u32, 1, 1), shared_mem_bytes: smem as u32 };
+        let cfg = LaunchConfig { grid_dim: grid, block_dim: (32 * warps as u32, 1, 1), shared_mem_bytes: smem as u32 };
         // SAFETY: `p` mirrors the kernel's HipStageParams; sizes checked above; the plan's pages
         // and positions are the caller's (as for `attention`).
         unsafe { l.run(cfg) }?;

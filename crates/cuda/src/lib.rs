@@ -18,8 +18,8 @@
 
 pub mod attention;
 pub mod compile;
-pub mod hip;
 mod error;
+pub mod hip;
 pub mod kernels;
 pub mod ops;
 pub mod runtime;

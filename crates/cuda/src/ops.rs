@@ -589,9 +589,9 @@ impl Gpu {
             }
             let kernel = match (d, rows) {
                 (64, DECODE_ROWS) => "attn_partial_d64_r4",
-                (64, _) => "attn_partial_d64_r16",
+                (64, _) => "attn_prefill_tc_d64",
                 (_, DECODE_ROWS) => "attn_partial_d128_r4",
-                _ => "attn_partial_d128_r16",
+                _ => "attn_prefill_tc_d128",
             };
             params.ctas = addr(items);
             let blocks =

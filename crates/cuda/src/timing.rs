@@ -51,10 +51,10 @@ impl Timer {
             self.start.record(stream).map_err(&err)?;
             work()?;
             self.end.record(stream).map_err(&err)?;
-            let ms = self.start.elapsed_ms(&self.end).map_err(|source| CudaError::Sync {
-                last_kernel: gpu.last_kernel(),
-                source,
-            })?;
+            let ms = self
+                .start
+                .elapsed_ms(&self.end)
+                .map_err(|source| CudaError::Sync { last_kernel: gpu.last_kernel(), source })?;
             times.push(f64::from(ms) * 1e3);
         }
         Ok(times)

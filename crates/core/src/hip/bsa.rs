@@ -58,13 +58,7 @@ pub fn block_sparse_attention<K: KvSource + ?Sized>(
     let mut key = vec![0f32; d];
     for kv_head in 0..shape.n_kv_heads {
         rows.load(block, kv_head);
-        bsa_key_spans(
-            cfg.bsa_rope,
-            mask,
-            mask.group_of_kv_head(kv_head),
-            block.pos_last(),
-            &mut spans,
-        );
+        bsa_key_spans(cfg.bsa_rope, mask, mask.group_of_kv_head(kv_head), block.pos_last(), &mut spans);
         for span in &spans {
             for (i, pos) in span.keys.clone().enumerate() {
                 let (cos, sin) = block.rope.row(span.rope_start + i);
