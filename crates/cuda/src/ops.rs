@@ -655,9 +655,12 @@ impl Gpu {
         let (max_splits, d_i) = (int(K, "max_splits", max_splits)?, int(K, "d", d)?);
         let blocks = u32::try_from(n_pairs)
             .map_err(|_| CudaError::Unsupported { kernel: K, what: format!("{n_pairs} (row, head) pairs") })?;
+        // One group of d threads per split, up to 1024 threads: a prefill step's (row, head)
+        // pairs have one or a few splits, and 1024 threads for each left most of them idle.
+        let threads = (d * max_splits as usize).clamp(d.max(32), 1024) as u32;
         let mut l = self.launch(K)?;
         l.args.arg(&scratch.acc).arg(&scratch.ml).arg(n_splits).arg(out).arg(&max_splits).arg(&d_i);
-        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
+        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: argument types match the kernel; the caller checked the sizes.
         unsafe { l.run(cfg) }
     }
