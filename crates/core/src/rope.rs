@@ -8,6 +8,7 @@
 //! The KV cache keeps keys un-rotated (DESIGN.md §5); attention rotates queries and keys on the
 //! fly with positions of its own choosing, which is what the HiP RoPE strategies need.
 
+use rayon::prelude::*;
 use std::f64::consts::PI;
 
 /// Which components form a rotated pair.
@@ -139,17 +140,24 @@ impl RopeTable {
         if half == 0 || have >= n_positions {
             return;
         }
-        // Grow geometrically so that a decode loop does not extend the table every step.
+        // Grow geometrically so that a decode loop does not extend the table every step; rows
+        // are computed in parallel (a million positions are 64 million sin/cos).
         let target = n_positions.max(have.saturating_mul(2)).max(1024);
-        self.cos.reserve((target - have) * half);
-        self.sin.reserve((target - have) * half);
-        for p in have..target {
-            for &f in &self.inv_freq {
-                let (s, c) = (p as f64 * f).sin_cos();
-                self.cos.push(c as f32);
-                self.sin.push(s as f32);
-            }
-        }
+        self.cos.resize(target * half, 0.0);
+        self.sin.resize(target * half, 0.0);
+        let inv_freq = &self.inv_freq;
+        self.cos[have * half..]
+            .par_chunks_mut(half)
+            .zip(self.sin[have * half..].par_chunks_mut(half))
+            .enumerate()
+            .for_each(|(i, (cos, sin))| {
+                let p = (have + i) as f64;
+                for ((c, s), &f) in cos.iter_mut().zip(sin.iter_mut()).zip(inv_freq) {
+                    let (sn, cs) = (p * f).sin_cos();
+                    *c = cs as f32;
+                    *s = sn as f32;
+                }
+            });
     }
 
     /// cos and sin rows for position `pos` (`half()` values each). Panics if `pos` is not

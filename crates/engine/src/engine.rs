@@ -54,7 +54,7 @@ pub struct Engine<B: Backend> {
 }
 
 impl<B: Backend> Engine<B> {
-    pub fn new(model: Llama<B>, options: EngineOptions) -> Result<Self, EngineError> {
+    pub fn new(mut model: Llama<B>, options: EngineOptions) -> Result<Self, EngineError> {
         if options.page_size == 0 || options.prefill_chunk == 0 {
             return Err(EngineError::InvalidRequest {
                 what: format!(
@@ -63,6 +63,9 @@ impl<B: Backend> Engine<B> {
                 ),
             });
         }
+        // Every position the pool can hold, and HiP's pruning position n_window + 1 (the
+        // largest window of the presets is 1024; larger ones grow the table on demand).
+        model.reserve_positions(options.kv_capacity_tokens.max(1026))?;
         let layout = model.kv_layout(options.page_size);
         let capacity_pages = options.kv_capacity_tokens.div_ceil(options.page_size);
         let pool = PagePool::new(layout, capacity_pages);

@@ -169,6 +169,12 @@ impl<B: Backend> Llama<B> {
     }
 
     /// The cache shape this model needs, with `page_size` tokens per page.
+    /// Makes the RoPE tables cover positions `0..n_positions` now, so that no step pays for
+    /// growing them (a million positions take a second to compute and upload).
+    pub fn reserve_positions(&mut self, n_positions: usize) -> Result<(), EngineError> {
+        self.backend.ensure_rope(&mut self.rope, n_positions)
+    }
+
     pub fn kv_layout(&self, page_size: usize) -> KvLayout {
         KvLayout {
             n_layers: self.config.n_layers,
