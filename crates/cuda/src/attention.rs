@@ -405,6 +405,46 @@ mod tests {
     }
 
     #[test]
+    fn masked_runs_are_planned_for_their_largest_key_list() {
+        // A HiP prefill block (64 tokens from 40,000, window from 38,977) and a decode step
+        // (window from 48,977), both masks selecting up to 2,048 tokens, beside a dense run.
+        let block = SeqDesc {
+            n_sink: 256,
+            window_start: 38_977,
+            mask: 0,
+            rope_streaming: 1,
+            ..SeqDesc::dense(0, 64, 40_000, 0)
+        };
+        let step = SeqDesc {
+            n_sink: 256,
+            window_start: 48_977,
+            mask: 1,
+            rope_streaming: 1,
+            ..SeqDesc::dense(64, 1, 50_000, 800)
+        };
+        let dense = SeqDesc::dense(65, 16, 300, 900);
+        assert_eq!(block.max_keys(63, 2048), 256 + 2048 + (40_064 - 38_977));
+        assert_eq!(step.max_keys(0, 2048), 256 + 2048 + (50_001 - 48_977));
+        assert_eq!(dense.max_keys(15, 2048), 316);
+        let p = plan(&[block, step, dense], 81, 9, 3, 132, true, 2048);
+        let d = p.decode_seqs[0];
+        assert_eq!((d.n_sink, d.window_start, d.mask, d.rope_streaming), (256, 48_977, 1, 1));
+        let splits = p.n_splits[64 * 9] as usize;
+        assert!(splits * d.split_len as usize >= step.max_keys(0, 2048));
+        // Each group of 64 flat rows (21⅓ tokens of 3 heads) tiles the largest list among its
+        // tokens: [0, n_s + K + the window up to its last token).
+        for f0 in [0, 64, 128] {
+            let mut next = 0;
+            for c in p.prefill.iter().filter(|c| c.seq == 0 && c.f0 == f0) {
+                assert_eq!(c.k0, next);
+                next = c.k1;
+            }
+            let last_token = ((f0 + 64).min(192) - 1) / 3;
+            assert_eq!(next as usize, block.max_keys(last_token as usize, 2048), "rows from {f0}");
+        }
+    }
+
+    #[test]
     fn fast_decode_splits_cover_every_key_once() {
         let seqs = [SeqDesc::dense(0, 1, 1_048_575, 0), SeqDesc::dense(1, 37, 300, 80), SeqDesc::dense(38, 1, 0, 90)];
         let p = plan(&seqs, 39, 32, 8, 132, true, 0);

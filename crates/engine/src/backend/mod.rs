@@ -239,3 +239,28 @@ pub trait Backend: Send + Sync {
         out: &mut Self::Act,
     ) -> Result<(), EngineError>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seq(pos_start: usize, n_tokens: usize, last_row_sampled: bool) -> SeqSlice {
+        SeqSlice { row_start: 0, n_tokens, pos_start, page_start: 0, page_end: 0, last_row_sampled }
+    }
+
+    #[test]
+    fn hip_query_blocks_follow_the_absolute_grid_and_single_out_the_sampled_token() {
+        // A chunk starting mid-block finishes that block first, so chunked and whole prefills
+        // cut the same blocks.
+        let (blocks, single) = seq(100, 200, false).hip_query_blocks(64);
+        assert_eq!(blocks, [0..28, 28..92, 92..156, 156..200]);
+        assert_eq!(single, None);
+        // A sampled last token leaves the grid and gets a decode step's mask.
+        let (blocks, single) = seq(0, 129, true).hip_query_blocks(64);
+        assert_eq!((blocks, single), (vec![0..64, 64..128], Some(128)));
+        // A decode step is that token alone, sampled or not.
+        assert_eq!(seq(5000, 1, false).hip_query_blocks(64), (vec![], Some(0)));
+        assert_eq!(seq(5000, 1, true).hip_query_blocks(64), (vec![], Some(0)));
+        assert_eq!(seq(7, 0, true).hip_query_blocks(64), (vec![], None));
+    }
+}
