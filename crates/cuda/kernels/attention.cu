@@ -12,14 +12,14 @@
 // (Qwen2); components past 2·rope_half are not rotated.
 //
 // Flash-decoding style, one block per (work item, KV head). A work item (`AttnCta`, planned on
-// the host by infinihip_cuda::attention::plan) is ROWS consecutive "flat rows" f = t·g + j
-// (token t of the run, head j of the group) and one split [k0, k1) of the key list. It streams
-// key tiles through shared memory (rotated as they are loaded), keeps an online softmax per
-// row, and writes the unnormalised partial (m, l, acc[d]) of each row for its split:
-// 1. `attn_partial_d{D}_r4`: ROWS = 4 (decode steps whose RoPE layout decode_partial lacks),
-//    f32 on CUDA cores, one warp per row;
-// 2. `attn_prefill_tc_d{D}`: ROWS = 64 (prefill chunks), bf16 tensor cores (below);
-// 3. `attn_combine`: merges the splits of each (row, head) and writes acc / l as bf16.
+// the host by infinihip_cuda::attention::plan) is 64 consecutive "flat rows" f = t·g + j
+// (token t of the run, head j of the group) and one split [k0, k1) of the key list. Two
+// kernels (decode steps go to `decode_partial` in decode.cu where it supports the RoPE layout,
+// and here otherwise):
+// 1. `attn_prefill_tc_d{D}`: streams key tiles through shared memory (rotated as they are
+//    loaded), keeps an online softmax per row on tensor cores, and writes the unnormalised
+//    partial (m, l, acc[d]) of each row for its split;
+// 2. `attn_combine`: merges the splits of each (row, head) and writes acc / l as bf16.
 //
 // Causality is by true position: the query at position p sees keys at positions ≤ p.
 //
@@ -87,167 +87,6 @@ __device__ __forceinline__ void pair_of(int i, int rope_half, int adjacent, int&
     }
 }
 
-template <int D, int ROWS>
-__device__ __forceinline__ void attn_partial(const AttnParams& p) {
-    constexpr int THREADS = 128;
-    constexpr int LANES = THREADS / ROWS;  // threads per flat row
-    constexpr int KT = 4096 / D;           // keys per shared-memory tile
-    constexpr int SPL = KT / LANES;        // scores per lane per tile
-    constexpr int CPL = D / LANES;         // output components per lane
-    static_assert(SPL >= 1 && CPL >= 1 && KT % LANES == 0 && D % LANES == 0, "tile shape");
-
-    __shared__ float sQ[ROWS][D + 1];  // +1: rows of one warp fall in different banks
-    __shared__ float sK[KT][D + 1];
-    __shared__ float sV[KT][D];
-    __shared__ float sP[ROWS][KT];
-    __shared__ int sPos[KT];  // the tile's key positions (−1 past the list) and RoPE rows
-    __shared__ int sRope[KT];
-
-    const AttnCta c = p.ctas[blockIdx.x];
-    const SeqDesc s = p.seqs[c.seq];
-    const int kvh = blockIdx.y;
-    const int g = p.n_heads / p.n_kv_heads;
-    const int n_flat = s.n_tokens * g;
-    const int r = threadIdx.x / LANES, lane = threadIdx.x % LANES;
-    const int f = c.f0 + r;
-    const bool active = f < n_flat;
-    const int t = active ? f / g : 0;
-    const int h = kvh * g + (active ? f % g : 0);
-    const int q_pos = s.pos_start + t;
-    const int row = s.row_start + t;
-    int n_sel = 0;
-    const int* blocks = nullptr;
-    if (s.mask >= 0) {
-        n_sel = p.mask_tokens[2 * s.mask + 1];
-        blocks = p.mask_blocks + (size_t)s.mask * p.max_blocks;
-    }
-    // Keys any row of the block may see: the list up to its last token's position.
-    const int last_flat = min(c.f0 + ROWS, n_flat) - 1;
-    const int p_last = s.pos_start + last_flat / g;
-    const int n_keys = min(s.n_sink, p_last + 1) + n_sel + max(0, p_last + 1 - s.window_start);
-    const int key_end = min(c.k1, n_keys);
-    const int rope_off = s.window_start - n_sel - s.n_sink;
-
-    const size_t width = (size_t)p.n_kv_heads * D;
-    const size_t layer_page = (size_t)p.page_size * width;
-    const size_t page_elems = 2 * (size_t)p.n_layers * layer_page;
-
-    // The query row, rotated at its position and scaled.
-    {
-        const bf16* src = p.q + ((size_t)row * p.n_heads + h) * D;
-        for (int i = lane; i < D / 2; i += LANES) {
-            int a, b;
-            pair_of(i, p.rope_half, p.rope_adjacent, a, b);
-            float xa = active ? to_f32(src[a]) : 0.f, xb = active ? to_f32(src[b]) : 0.f;
-            if (i < p.rope_half) {
-                const float cs = p.cos[(size_t)q_pos * p.rope_half + i], sn = p.sin[(size_t)q_pos * p.rope_half + i];
-                const float ya = xa * cs - xb * sn, yb = xa * sn + xb * cs;
-                xa = ya;
-                xb = yb;
-            }
-            sQ[r][a] = xa * p.scale;
-            sQ[r][b] = xb * p.scale;
-        }
-    }
-
-    float m = NEG_INF, l = 0.f;
-    float acc[CPL];
-#pragma unroll
-    for (int cc = 0; cc < CPL; ++cc) acc[cc] = 0.f;
-
-    for (int tile = c.k0; tile < key_end; tile += KT) {
-        __syncthreads();  // sQ is written (first tile); the previous tile is consumed (later ones)
-        for (int j = threadIdx.x; j < KT; j += THREADS) {
-            const int v = tile + j;
-            const int kp = v < key_end ? key_position(v, s.n_sink, n_sel, blocks, p.block_k, s.window_start) : -1;
-            sPos[j] = kp;
-            sRope[j] = s.rope_streaming ? v + rope_off : kp;
-        }
-        __syncthreads();
-        for (int task = threadIdx.x; task < KT * (D / 2); task += THREADS) {
-            const int j = task / (D / 2), i = task % (D / 2);
-            const int kp = sPos[j];
-            int a, b;
-            pair_of(i, p.rope_half, p.rope_adjacent, a, b);
-            float ka = 0.f, kb = 0.f, va = 0.f, vb = 0.f;
-            if (kp >= 0) {
-                const size_t page = p.page_ids[s.page_start + kp / p.page_size];
-                const bf16* k_row =
-                    p.kv + page * page_elems + (2 * (size_t)p.layer) * layer_page + (size_t)(kp % p.page_size) * width + (size_t)kvh * D;
-                const bf16* v_row = k_row + layer_page;
-                ka = to_f32(k_row[a]);
-                kb = to_f32(k_row[b]);
-                va = to_f32(v_row[a]);
-                vb = to_f32(v_row[b]);
-                if (i < p.rope_half) {
-                    const size_t rp = (size_t)sRope[j] * p.rope_half + i;
-                    const float cs = p.cos[rp], sn = p.sin[rp];
-                    const float ya = ka * cs - kb * sn, yb = ka * sn + kb * cs;
-                    ka = ya;
-                    kb = yb;
-                }
-            }
-            sK[j][a] = ka;
-            sK[j][b] = kb;
-            sV[j][a] = va;
-            sV[j][b] = vb;
-        }
-        __syncthreads();
-
-        float score[SPL];
-        float tile_max = NEG_INF;
-#pragma unroll
-        for (int jj = 0; jj < SPL; ++jj) {
-            const int j = lane + jj * LANES;
-            const int kp = sPos[j];
-            float dot = 0.f;
-#pragma unroll 16
-            for (int e = 0; e < D; ++e) dot += sQ[r][e] * sK[j][e];
-            const bool visible = active && kp >= 0 && kp <= q_pos;
-            score[jj] = visible ? dot : NEG_INF;
-            tile_max = fmaxf(tile_max, score[jj]);
-        }
-        tile_max = group_max<LANES>(tile_max);
-        const float m_new = fmaxf(m, tile_max);
-        // A row that has seen no visible key yet keeps m = -inf and weights 0 (no NaN from
-        // -inf - -inf).
-        const bool any = m_new != NEG_INF;
-        const float correction = any ? __expf(m - m_new) : 1.f;
-        float p_sum = 0.f;
-#pragma unroll
-        for (int jj = 0; jj < SPL; ++jj) {
-            const float w = any ? __expf(score[jj] - m_new) : 0.f;
-            sP[r][lane + jj * LANES] = w;
-            p_sum += w;
-        }
-        p_sum = group_sum<LANES>(p_sum);
-        l = l * correction + p_sum;
-        m = m_new;
-        __syncwarp();  // a row's lanes share one warp: its weights are visible to all of them
-#pragma unroll
-        for (int cc = 0; cc < CPL; ++cc) {
-            const int col = lane + cc * LANES;
-            float a = acc[cc] * correction;
-#pragma unroll 8
-            for (int j = 0; j < KT; ++j) a += sP[r][j] * sV[j][col];
-            acc[cc] = a;
-        }
-    }
-
-    if (active) {
-        const size_t slot = ((size_t)row * p.n_heads + h) * p.max_splits + c.split;
-#pragma unroll
-        for (int cc = 0; cc < CPL; ++cc) p.part_acc[slot * D + lane + cc * LANES] = acc[cc];
-        if (lane == 0) {
-            p.part_ml[2 * slot] = m;
-            p.part_ml[2 * slot + 1] = l;
-        }
-    }
-}
-
-extern "C" __global__ void __launch_bounds__(128) attn_partial_d64_r4(const AttnParams p) { attn_partial<64, 4>(p); }
-extern "C" __global__ void __launch_bounds__(128) attn_partial_d128_r4(const AttnParams p) { attn_partial<128, 4>(p); }
-
 // ---------------------------------------------------------------------------------------------
 // attn_prefill_tc_d{D}: the prefill work items (64 flat rows of one run, one split of its key
 // list, one KV head) on tensor cores, flash-attention 2 style. The queries (rotated, scaled by
@@ -256,7 +95,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_partial_d128_r4(const Att
 // owns 16 rows: S = Q·Kᵀ and O += P·V are mma.sync m16n8k16 (bf16 in, f32 accumulate), with
 // the online softmax on the accumulator fragments (rows g and g + 8 of the warp's tile, held by
 // the 4 lanes of a quad). Partials (m in natural-log units, l, acc) go to attn_combine as
-// attn_partial's do.
+// the split-K partials of decode.cu do.
 
 __device__ __forceinline__ void mma_bf16_16816(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
     asm volatile(

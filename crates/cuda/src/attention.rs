@@ -97,7 +97,7 @@ pub fn decode_splits(n_keys: usize, n_seqs: usize, n_sms: usize) -> (usize, usiz
     (split_len, n_keys.div_ceil(split_len).max(1))
 }
 
-/// One work item of `attn_partial`.
+/// One work item of `attn_prefill_tc`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct AttnCta {
@@ -111,10 +111,8 @@ const _: () = assert!(std::mem::size_of::<AttnCta>() == 20);
 // SAFETY: plain #[repr(C)] integers, mirrored by the kernel's struct.
 unsafe impl cudarc::driver::DeviceRepr for AttnCta {}
 
-/// Flat rows per block of a decode step (one token: g rows, one warp each).
-pub const DECODE_ROWS: usize = 4;
-/// Flat rows per block of a prefill chunk (`attn_prefill_tc`: four warps of 16 rows).
-pub const PREFILL_ROWS: usize = 64;
+/// Flat rows per work item (`attn_prefill_tc`: four warps of 16 rows).
+pub const TILE_ROWS: usize = 64;
 /// A split holds at least this many keys: shorter ones cost more in partials than they save.
 pub const MIN_SPLIT_KEYS: usize = 256;
 /// The most splits of one group; bounds the partials buffer.
@@ -125,9 +123,7 @@ pub const MAX_SPLITS: usize = 64;
 pub struct AttnPlan {
     /// Sequences with one new token, for `decode_partial` (when `fast_decode`).
     pub decode_seqs: Vec<DecodeSeq>,
-    /// Items of sequences with one new token (`DECODE_ROWS` kernel, when not `fast_decode`).
-    pub decode: Vec<AttnCta>,
-    /// Items of sequences with several new tokens (`PREFILL_ROWS` kernel).
+    /// Work items of every other run, for `attn_prefill_tc` (`TILE_ROWS` flat rows each).
     pub prefill: Vec<AttnCta>,
     /// Splits of each (row, head), `[rows][H]`.
     pub n_splits: Vec<i32>,
@@ -149,8 +145,7 @@ pub fn plan(
     max_selected: usize,
 ) -> AttnPlan {
     let g = n_heads / n_kv_heads.max(1);
-    let rows_of = |s: &SeqDesc| if s.n_tokens == 1 { DECODE_ROWS } else { PREFILL_ROWS };
-    let groups: usize = seqs.iter().map(|s| (s.n_tokens as usize * g).div_ceil(rows_of(s))).sum();
+    let groups: usize = seqs.iter().map(|s| (s.n_tokens as usize * g).div_ceil(TILE_ROWS)).sum();
     // Enough blocks for about two waves over the multiprocessors.
     let target_blocks = 2 * n_sms.max(1);
     let wanted_splits = target_blocks.div_ceil((groups * n_kv_heads).max(1)).clamp(1, MAX_SPLITS);
@@ -176,18 +171,16 @@ pub fn plan(
             out.n_splits[row * n_heads..(row + 1) * n_heads].fill(splits as i32);
             continue;
         }
-        let rows = rows_of(s);
         let n_flat = s.n_tokens as usize * g;
-        for f0 in (0..n_flat).step_by(rows) {
-            let f1 = (f0 + rows).min(n_flat);
+        for f0 in (0..n_flat).step_by(TILE_ROWS) {
+            let f1 = (f0 + TILE_ROWS).min(n_flat);
             let key_end = s.max_keys((f1 - 1) / g, max_selected);
             let splits = wanted_splits.min(key_end.div_ceil(MIN_SPLIT_KEYS)).max(1);
             let chunk = key_end.div_ceil(splits);
             let splits = key_end.div_ceil(chunk);
             out.max_splits = out.max_splits.max(splits);
-            let items = if rows == DECODE_ROWS { &mut out.decode } else { &mut out.prefill };
             for split in 0..splits {
-                items.push(AttnCta {
+                out.prefill.push(AttnCta {
                     seq: si as i32,
                     f0: f0 as i32,
                     k0: (split * chunk) as i32,
@@ -213,7 +206,6 @@ pub struct DevicePlan {
     pub plan: AttnPlan,
     runs_dev: CudaSlice<SeqDesc>,
     decode_seqs: CudaSlice<DecodeSeq>,
-    decode: CudaSlice<AttnCta>,
     prefill: CudaSlice<AttnCta>,
     n_splits: CudaSlice<i32>,
     n_rows: usize,
@@ -235,7 +227,6 @@ impl DevicePlan {
         Ok(Self {
             runs_dev: gpu.upload(&runs)?,
             decode_seqs: gpu.upload(&plan.decode_seqs)?,
-            decode: gpu.upload(&plan.decode)?,
             prefill: gpu.upload(&plan.prefill)?,
             n_splits: gpu.upload(&plan.n_splits)?,
             runs,
@@ -258,8 +249,6 @@ impl DevicePlan {
             page_ids,
             decode_seqs: &self.decode_seqs,
             n_decode_seqs: self.plan.decode_seqs.len(),
-            decode: &self.decode,
-            n_decode: self.plan.decode.len(),
             prefill: &self.prefill,
             n_prefill: self.plan.prefill.len(),
             n_splits: &self.n_splits,
@@ -270,7 +259,7 @@ impl DevicePlan {
     }
 }
 
-/// Parameters of `attn_partial_*`: device pointers and sizes.
+/// Parameters of `attn_prefill_tc_*`: device pointers and sizes.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct AttnParams {
@@ -347,8 +336,7 @@ mod tests {
         let p = plan(seqs, n_rows, n_heads, n_kv_heads, n_sms, false, 0);
         let g = n_heads / n_kv_heads;
         for (si, s) in seqs.iter().enumerate() {
-            let rows = if s.n_tokens == 1 { DECODE_ROWS } else { PREFILL_ROWS };
-            let items = if s.n_tokens == 1 { &p.decode } else { &p.prefill };
+            let (rows, items) = (TILE_ROWS, &p.prefill);
             for f in 0..s.n_tokens as usize * g {
                 let t = f / g;
                 let mine: Vec<_> = items
@@ -379,15 +367,15 @@ mod tests {
         let seq = |pos| SeqDesc::dense(0, 1, pos, 0);
         // SmolLM2 shapes: 9 heads, 3 KV heads. 8191 keys before the new one: 32 splits of 256.
         let p = check(&[seq(8191)], 9, 3, 132);
-        assert_eq!(p.decode.len(), 32);
+        assert_eq!(p.prefill.len(), 32);
         assert_eq!(p.max_splits, 32);
-        assert!(p.prefill.is_empty());
+        assert!(p.decode_seqs.is_empty());
         // A short context is one split.
         let p = check(&[seq(10)], 9, 3, 132);
-        assert_eq!((p.decode.len(), p.max_splits), (1, 1));
+        assert_eq!((p.prefill.len(), p.max_splits), (1, 1));
         // Llama-3.1-8B shapes, g = 4: still one block per token.
         let p = check(&[seq(100_000)], 32, 8, 132);
-        assert_eq!(p.decode.len() % 33, 0, "{}", p.decode.len());
+        assert_eq!(p.prefill.len() % 33, 0, "{}", p.prefill.len());
     }
 
     #[test]
@@ -448,7 +436,7 @@ mod tests {
     fn fast_decode_splits_cover_every_key_once() {
         let seqs = [SeqDesc::dense(0, 1, 1_048_575, 0), SeqDesc::dense(1, 37, 300, 80), SeqDesc::dense(38, 1, 0, 90)];
         let p = plan(&seqs, 39, 32, 8, 132, true, 0);
-        assert!(p.decode.is_empty());
+        assert!(p.prefill.iter().all(|c| c.seq == 1), "decode steps go to decode_partial");
         assert_eq!(p.decode_seqs.len(), 2);
         for d in &p.decode_seqs {
             let n_keys = d.pos as usize + 1;

@@ -44,10 +44,7 @@ pub(crate) const MODULES: [(ModuleSource, &[&str]); 4] = [
             "fill_uniform",
         ],
     ),
-    (
-        ATTENTION,
-        &["attn_partial_d64_r4", "attn_partial_d128_r4", "attn_prefill_tc_d64", "attn_prefill_tc_d128", "attn_combine"],
-    ),
+    (ATTENTION, &["attn_prefill_tc_d64", "attn_prefill_tc_d128", "attn_combine"]),
     (DECODE, &["decode_partial_d64_g4", "decode_partial_d64_g8", "decode_partial_d128_g4", "decode_partial_d128_g8"]),
     (HIP, &["hip_pool_queries", "hip_stage_scores", "hip_topk"]),
 ];

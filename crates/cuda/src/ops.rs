@@ -9,7 +9,7 @@ use cudarc::cublas::sys as blas_sys;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
 use half::bf16;
 
-use crate::attention::{AttnCta, AttnParams, DecodeParams, DecodeSeq, SeqDesc, DECODE_ROWS, PREFILL_ROWS};
+use crate::attention::{AttnCta, AttnParams, DecodeParams, DecodeSeq, SeqDesc};
 use crate::error::CudaError;
 use crate::runtime::Gpu;
 
@@ -116,8 +116,7 @@ pub struct AttnStep<'a> {
     /// Decode sequences for `decode_partial` (`attention::plan` with `fast_decode`).
     pub decode_seqs: &'a CudaSlice<DecodeSeq>,
     pub n_decode_seqs: usize,
-    pub decode: &'a CudaSlice<AttnCta>,
-    pub n_decode: usize,
+    /// Work items of every other run, for `attn_prefill_tc`.
     pub prefill: &'a CudaSlice<AttnCta>,
     pub n_prefill: usize,
     pub n_splits: &'a CudaSlice<i32>,
@@ -520,7 +519,6 @@ impl Gpu {
         check_len(K, "out", out, step.n_rows * width)?;
         check_len(K, "the store", store, geometry.total_elems())?;
         check_len(K, "seqs", step.seqs, step.n_seqs)?;
-        check_len(K, "decode items", step.decode, step.n_decode)?;
         check_len(K, "decode sequences", step.decode_seqs, step.n_decode_seqs)?;
         if step.n_decode_seqs > 0 && !crate::attention::fast_decode_supported(shape.rope_half, shape.rope_adjacent) {
             return Err(CudaError::Unsupported {
@@ -581,19 +579,10 @@ impl Gpu {
             pad: 0,
         };
         let kv_heads = shape.n_kv_heads as u32;
-        for (items, n, rows) in
-            [(step.decode, step.n_decode, DECODE_ROWS), (step.prefill, step.n_prefill, PREFILL_ROWS)]
-        {
-            if n == 0 {
-                continue;
-            }
-            let kernel = match (d, rows) {
-                (64, DECODE_ROWS) => "attn_partial_d64_r4",
-                (64, _) => "attn_prefill_tc_d64",
-                (_, DECODE_ROWS) => "attn_partial_d128_r4",
-                _ => "attn_prefill_tc_d128",
-            };
-            params.ctas = addr(items);
+        if step.n_prefill > 0 {
+            let kernel = if d == 64 { "attn_prefill_tc_d64" } else { "attn_prefill_tc_d128" };
+            params.ctas = addr(step.prefill);
+            let n = step.n_prefill;
             let blocks =
                 u32::try_from(n).map_err(|_| CudaError::Unsupported { kernel, what: format!("{n} work items") })?;
             let mut l = self.launch(kernel)?;

@@ -11,6 +11,10 @@
 //! (`INFINIHIP_REQUIRE_CUDA=1` makes that a failure). With one, the model file is required:
 //! `$INFINIHIP_MODEL`, else the default model in the user cache.
 
+// `common::model_path` fetches with pip; the GPU machine has no network, so `model_path` below
+// reads the file only.
+mod common;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -249,18 +253,6 @@ fn gpu_layers_track_the_cpu() {
     assert!(rel <= REL_TOLERANCE, "logits differ from the CPU's by {rel:.3e}");
 }
 
-/// A preset scaled down (sink 32, window 256, k 256; hip_model.rs uses it on the CPU) so that
-/// 1,400 tokens are mostly pruned.
-fn pruning_config() -> HipConfig {
-    let mut cfg = HipConfig::default();
-    cfg.merge_json(
-        r#"{"n_sink": 32, "n_window": 256, "chunk_sizes": [64, 16, 4], "stage_k": [1024, 512], "k": 256,
-            "first_layers": {"count": 3, "pruning_rope": "chunk_indexed", "k": 512}, "refresh": [8, 4, 2]}"#,
-    )
-    .expect("valid config");
-    cfg
-}
-
 /// The prompt's logits, then one row per decode step of `decode`.
 fn run_mode<B: Backend>(engine: &mut Engine<B>, mode: &AttentionMode, prompt: &[u32], decode: &[u32]) -> Vec<Vec<f32>> {
     let mut seq = SeqKv::with_attention(mode, engine.model().config().n_layers);
@@ -300,7 +292,7 @@ fn gpu_hip_prunes_like_the_cpu() {
     let Some(backend) = gpu() else { return };
     let fx = fixture();
     let (prompt, decode) = fx.long_logits.ids.split_at(1400);
-    let mode = AttentionMode::Hip(Arc::new(pruning_config()));
+    let mode = AttentionMode::Hip(Arc::new(common::pruning_config()));
     let mut gpu = engine(backend, 256, 64);
     let mut cpu = engine(CpuBackend::new(0).expect("cpu"), 256, 64);
     let on_gpu = run_mode(&mut gpu, &mode, prompt, &decode[..12]);

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{fixture, model_path};
+use common::{fixture, model_path, pruning_config};
 use std::sync::Arc;
 
 use infinihip_core::gguf::GgufFile;
@@ -62,17 +62,6 @@ fn hip_equals_dense_when_the_context_fits_in_sink_window_and_k() {
         let diff = max_diff(d, h);
         assert!(diff < 2e-3, "step {step}: HiP and dense logits differ by {diff}");
     }
-}
-
-/// A preset scaled down (sink 32, window 256, k 256) so that 1,400 tokens are mostly pruned.
-fn pruning_config() -> HipConfig {
-    let mut cfg = HipConfig::default();
-    cfg.merge_json(
-        r#"{"n_sink": 32, "n_window": 256, "chunk_sizes": [64, 16, 4], "stage_k": [1024, 512], "k": 256,
-            "first_layers": {"count": 3, "pruning_rope": "chunk_indexed", "k": 512}, "refresh": [8, 4, 2]}"#,
-    )
-    .expect("valid config");
-    cfg
 }
 
 #[test]

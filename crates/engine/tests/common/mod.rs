@@ -1,4 +1,7 @@
-//! What the engine's model tests on the CPU share: the default model and its reference fixture.
+//! What the engine's model tests share: the default model, its reference fixture, and a HiP
+//! config small enough that a 1,400-token context is mostly pruned. Each test crate compiles
+//! this module and uses part of it.
+#![allow(dead_code)]
 
 use std::path::PathBuf;
 
@@ -15,4 +18,15 @@ pub fn fixture<T: DeserializeOwned>() -> T {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/smollm2-135m-instruct-q4_1.json");
     let text = std::fs::read_to_string(path).expect("the fixture is in testdata/");
     serde_json::from_str(&text).expect("the fixture parses")
+}
+
+/// A preset scaled down (sink 32, window 256, k 256) so that 1,400 tokens are mostly pruned.
+pub fn pruning_config() -> infinihip_core::hip::HipConfig {
+    let mut cfg = infinihip_core::hip::HipConfig::default();
+    cfg.merge_json(
+        r#"{"n_sink": 32, "n_window": 256, "chunk_sizes": [64, 16, 4], "stage_k": [1024, 512], "k": 256,
+            "first_layers": {"count": 3, "pruning_rope": "chunk_indexed", "k": 512}, "refresh": [8, 4, 2]}"#,
+    )
+    .expect("valid config");
+    cfg
 }
