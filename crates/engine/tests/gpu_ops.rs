@@ -393,6 +393,17 @@ fn dense_attention_matches_cpu() {
             page_size: 64,
             seqs: vec![(1, 700), (50, 20)],
         },
+        AttnCase {
+            // 10 rotated pairs is no whole lane slice: decode_partial refuses it, so decode
+            // steps take the prefill kernel's 64-row tiles.
+            name: "partial rotation (d 64, 20 rotated, halves)",
+            n_heads: 6,
+            n_kv_heads: 2,
+            head_dim: 64,
+            rope: rope(10000.0, 20, RopeStyle::Halves),
+            page_size: 16,
+            seqs: vec![(1, 900), (1, 0), (30, 40)],
+        },
     ];
     for case in &cases {
         run_attention_case(case, &cuda, &cpu, &mut rng);
