@@ -91,21 +91,28 @@ __device__ __forceinline__ void pair_of(int i, int rope_half, int adjacent, int&
 // attn_prefill_tc_d{D}: the prefill work items (64 flat rows of one run, one split of its key
 // list, one KV head) on tensor cores, flash-attention 2 style. The queries (rotated, scaled by
 // scale·log2 e) and each tile of KT keys (gathered through `key_position`, rotated at their RoPE
-// positions) are rounded to bf16 in shared memory; V is stored transposed. Each of the 4 warps
-// owns 16 rows: S = Q·Kᵀ and O += P·V are mma.sync m16n8k16 (bf16 in, f32 accumulate), with
+// positions) are rounded to f16 in shared memory; V is stored transposed. f16, not bf16: its 3
+// more mantissa bits round the rotated Q and K and the weights P 8× more finely (scores are
+// q·k/√d ≲ 10² and values bf16 activations, far inside f16's range). With bf16 operands the
+// default model's greedy answer to "What is the capital of France?" went wrong on the H100;
+// the model-level checks of tests/gpu_model.rs move within bf16 activation noise either way.
+// Each of the 4 warps owns 16 rows:
+// S = Q·Kᵀ and O += P·V are mma.sync m16n8k16 (f16 in, f32 accumulate), with
 // the online softmax on the accumulator fragments (rows g and g + 8 of the warp's tile, held by
 // the 4 lanes of a quad). Partials (m in natural-log units, l, acc) go to attn_combine as
 // the split-K partials of decode.cu do.
 
-__device__ __forceinline__ void mma_bf16_16816(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+#include <cuda_fp16.h>
+
+__device__ __forceinline__ void mma_f16_16816(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
     asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-__device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
-    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+__device__ __forceinline__ unsigned pack_f16(float lo, float hi) {
+    const __half2 v = __floats2half2_rn(lo, hi);
     return *reinterpret_cast<const unsigned*>(&v);
 }
 
@@ -119,9 +126,9 @@ __device__ __forceinline__ void attn_prefill_tc(const AttnParams& p) {
     constexpr int DT = D / 8;              // n-tiles of O per warp
     constexpr float LOG2E = 1.4426950408889634f;
     constexpr float LN2 = 0.6931471805599453f;
-    __shared__ __align__(16) bf16 sQ[ROWS][DP];
-    __shared__ __align__(16) bf16 sK[KT][DP];
-    __shared__ __align__(16) bf16 sVt[D][KP];
+    __shared__ __align__(16) __half sQ[ROWS][DP];
+    __shared__ __align__(16) __half sK[KT][DP];
+    __shared__ __align__(16) __half sVt[D][KP];
     __shared__ int sPos[KT];
     __shared__ int sRope[KT];
     __shared__ int sQpos[ROWS];
@@ -148,7 +155,7 @@ __device__ __forceinline__ void attn_prefill_tc(const AttnParams& p) {
     const size_t layer_page = (size_t)p.page_size * width;
     const size_t page_elems = 2 * (size_t)p.n_layers * layer_page;
 
-    // Queries: 64 flat rows, rotated at their positions, scaled, as bf16.
+    // Queries: 64 flat rows, rotated at their positions, scaled, as f16.
     for (int task = threadIdx.x; task < ROWS * (D / 2); task += THREADS) {
         const int r = task / (D / 2), i = task % (D / 2);
         const int f = c.f0 + r;
@@ -168,8 +175,8 @@ __device__ __forceinline__ void attn_prefill_tc(const AttnParams& p) {
             xb = yb;
         }
         const float sc = p.scale * LOG2E;
-        sQ[r][a] = to_bf16(xa * sc);
-        sQ[r][b] = to_bf16(xb * sc);
+        sQ[r][a] = __float2half_rn(xa * sc);
+        sQ[r][b] = __float2half_rn(xb * sc);
     }
 
     float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
@@ -211,10 +218,10 @@ __device__ __forceinline__ void attn_prefill_tc(const AttnParams& p) {
                     kb = yb;
                 }
             }
-            sK[j][a] = to_bf16(ka);
-            sK[j][b] = to_bf16(kb);
-            sVt[a][j] = to_bf16(va);
-            sVt[b][j] = to_bf16(vb);
+            sK[j][a] = __float2half_rn(ka);
+            sK[j][b] = __float2half_rn(kb);
+            sVt[a][j] = __float2half_rn(va);
+            sVt[b][j] = __float2half_rn(vb);
         }
         __syncthreads();
         if (tile == c.k0) {
@@ -236,7 +243,7 @@ __device__ __forceinline__ void attn_prefill_tc(const AttnParams& p) {
             for (int kk = 0; kk < D / 16; ++kk) {
                 const unsigned b0 = *reinterpret_cast<const unsigned*>(&sK[n * 8 + quad][kk * 16 + 2 * tq]);
                 const unsigned b1 = *reinterpret_cast<const unsigned*>(&sK[n * 8 + quad][kk * 16 + 8 + 2 * tq]);
-                mma_bf16_16816(sc[n], qa[kk], b0, b1);
+                mma_f16_16816(sc[n], qa[kk], b0, b1);
             }
         }
         // Causal and list masking, then the online softmax of rows r0 (e = 0) and r0 + 8 (e = 1).
@@ -289,14 +296,14 @@ __device__ __forceinline__ void attn_prefill_tc(const AttnParams& p) {
         // O += P·V: the S accumulators of n-tiles 2kk and 2kk + 1 are the A fragment of k-step kk.
 #pragma unroll
         for (int kk = 0; kk < KT / 16; ++kk) {
-            const unsigned pa[4] = {pack_bf16(sc[2 * kk][0], sc[2 * kk][1]), pack_bf16(sc[2 * kk][2], sc[2 * kk][3]),
-                                    pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
-                                    pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
+            const unsigned pa[4] = {pack_f16(sc[2 * kk][0], sc[2 * kk][1]), pack_f16(sc[2 * kk][2], sc[2 * kk][3]),
+                                    pack_f16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
+                                    pack_f16(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
 #pragma unroll
             for (int j = 0; j < DT; ++j) {
                 const unsigned b0 = *reinterpret_cast<const unsigned*>(&sVt[j * 8 + quad][kk * 16 + 2 * tq]);
                 const unsigned b1 = *reinterpret_cast<const unsigned*>(&sVt[j * 8 + quad][kk * 16 + 8 + 2 * tq]);
-                mma_bf16_16816(o[j], pa, b0, b1);
+                mma_f16_16816(o[j], pa, b0, b1);
             }
         }
     }
