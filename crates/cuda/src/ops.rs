@@ -198,24 +198,25 @@ impl Gpu {
 
     /// Copies the first `len` elements of `src` into `dst`.
     pub fn copy<T: DeviceRepr>(&self, src: &CudaSlice<T>, dst: &mut CudaSlice<T>, len: usize) -> Result<(), CudaError> {
-        self.copy_to(src, dst, 0, len)
+        self.copy_range(src, 0, dst, 0, len)
     }
 
-    /// Copies the first `len` elements of `src` to `dst[at..at + len]` (device to device).
-    pub fn copy_to<T: DeviceRepr>(
+    /// Copies `src[from..from + len]` to `dst[to..to + len]` (device to device).
+    pub fn copy_range<T: DeviceRepr>(
         &self,
         src: &CudaSlice<T>,
+        from: usize,
         dst: &mut CudaSlice<T>,
-        at: usize,
+        to: usize,
         len: usize,
     ) -> Result<(), CudaError> {
-        check_len("copy", "the source", src, len)?;
-        check_len("copy", "the destination", dst, at + len)?;
+        check_len("copy", "the source", src, from + len)?;
+        check_len("copy", "the destination", dst, to + len)?;
         if len == 0 {
             return Ok(());
         }
         self.stream()
-            .memcpy_dtod(&src.slice(..len), &mut dst.slice_mut(at..at + len))
+            .memcpy_dtod(&src.slice(from..from + len), &mut dst.slice_mut(to..to + len))
             .map_err(self.driver_err("copying on the device"))
     }
 

@@ -808,17 +808,13 @@ fn copy_masks(gpu: &Gpu, src: &StageOutput, n: usize, dst: &mut StageOutput, at:
         return Err(shape_err("attention", format!("masks of {} blocks into rows of {}", src.stride, dst.stride)));
     }
     if src.stride == dst.stride {
-        gpu.copy_to(&src.starts, &mut dst.starts, at * dst.stride, n * src.stride)?;
+        gpu.copy_range(&src.starts, 0, &mut dst.starts, at * dst.stride, n * src.stride)?;
     } else {
+        // Rows of a narrower source: one copy each (the counts say how many are valid).
         for i in 0..n {
-            // Rows of a narrower source: one copy each (the counts say how many are valid).
-            let row = src.starts.slice(i * src.stride..(i + 1) * src.stride);
-            let mut out = dst.starts.slice_mut((at + i) * dst.stride..(at + i) * dst.stride + src.stride);
-            gpu.stream()
-                .memcpy_dtod(&row, &mut out)
-                .map_err(|e| shape_err("attention", format!("copying a mask: {e}")))?;
+            gpu.copy_range(&src.starts, i * src.stride, &mut dst.starts, (at + i) * dst.stride, src.stride)?;
         }
     }
-    gpu.copy_to(&src.counts, &mut dst.counts, 2 * at, 2 * n)?;
+    gpu.copy_range(&src.counts, 0, &mut dst.counts, 2 * at, 2 * n)?;
     Ok(())
 }
