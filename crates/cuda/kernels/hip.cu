@@ -160,10 +160,13 @@ __device__ __forceinline__ unsigned orderable(float f) {
 // so that every scoring-row value it loads serves 2·CANDS dot products (one probe at a time
 // re-read the rows from L2 for every probe, which bounded the stage). Each dot product keeps
 // the CPU's order, so the scores are the CPU's bit for bit.
+// A warp's levels are sequential chains of key loads, so few candidates (a decode step's one
+// query) want one candidate per warp and many warps (`hip_stage_scores_c1`), and many
+// (a prefill step's blocks) want the shared row loads (`hip_stage_scores_c4`).
 // Grid: (ceil(max_cand / (CANDS·warps)), sequences); block: 32·warps threads; dynamic shared
 // memory: warps·2·CANDS·Hkv·(d+1) floats. The scoring rows come from `hip_pool_queries`.
-#define CANDS 4
-extern "C" __global__ void hip_stage_scores(const HipStageParams p) {
+template <int CANDS>
+__device__ __forceinline__ void stage_scores(const HipStageParams& p) {
     constexpr int NK = 2 * CANDS;  // probe keys per warp and level
     extern __shared__ float smem[];
     const HipSeq s = p.seqs[blockIdx.y];
@@ -297,6 +300,9 @@ extern "C" __global__ void hip_stage_scores(const HipStageParams p) {
         }
     }
 }
+
+extern "C" __global__ void hip_stage_scores_c1(const HipStageParams p) { stage_scores<1>(p); }
+extern "C" __global__ void hip_stage_scores_c4(const HipStageParams p) { stage_scores<4>(p); }
 
 // hip_topk: per sequence (one block of 1024 threads), keeps the n_keep candidates with the
 // largest keys (all valid ones when there are fewer), writes their starts in ascending order

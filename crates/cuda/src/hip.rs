@@ -86,8 +86,12 @@ const _: () = assert!(std::mem::size_of::<HipStageParams>() == 152);
 // SAFETY: a plain #[repr(C)] struct of integers, mirrored field for field by the kernel's.
 unsafe impl cudarc::driver::DeviceRepr for HipStageParams {}
 
-/// Candidates a warp of `hip_stage_scores` descends in lockstep (`CANDS` in the kernel).
+/// Candidates a warp of `hip_stage_scores_c4` descends in lockstep; stages with fewer than
+/// `LOCKSTEP_MIN_CANDIDATES` candidates in all use `hip_stage_scores_c1` (one a warp), whose
+/// more warps hide the latency of the descent's sequential key loads (decode refreshes ran
+/// twice as long with four a warp).
 const CANDS: usize = 4;
+const LOCKSTEP_MIN_CANDIDATES: usize = 1 << 15;
 /// Warps per block of `hip_stage_scores` at most (fewer when their probe keys would not fit
 /// in 48 KiB of shared memory).
 const MAX_SCORE_WARPS: usize = 4;
@@ -290,19 +294,24 @@ impl Gpu {
         // the entries' query rows are the caller's (as for `attention`).
         unsafe { l.run(cfg) }?;
 
-        // Each warp stages 2·CANDS rotated probe keys of every KV head.
-        let per_warp = 2 * CANDS * s.n_kv_heads * (d + 1) * 4;
+        let (kernel, cands) = if inp.n_seqs * stage.max_cand >= LOCKSTEP_MIN_CANDIDATES {
+            ("hip_stage_scores_c4", CANDS)
+        } else {
+            ("hip_stage_scores_c1", 1)
+        };
+        // Each warp stages 2·cands rotated probe keys of every KV head.
+        let per_warp = 2 * cands * s.n_kv_heads * (d + 1) * 4;
         let warps = ((48 << 10) / per_warp).min(MAX_SCORE_WARPS);
         if warps == 0 {
             return Err(unsupported(K, format!("{per_warp} bytes of probe keys per warp (48 KiB at most)")));
         }
         let smem = warps * per_warp;
         let grid = (
-            u32::try_from(stage.max_cand.div_ceil(CANDS * warps)).map_err(|_| unsupported(K, "grid".into()))?,
+            u32::try_from(stage.max_cand.div_ceil(cands * warps)).map_err(|_| unsupported(K, "grid".into()))?,
             n_seqs,
             1,
         );
-        let mut l = self.launch(K)?;
+        let mut l = self.launch(kernel)?;
         l.args.arg(&p);
         let cfg = LaunchConfig { grid_dim: grid, block_dim: (32 * warps as u32, 1, 1), shared_mem_bytes: smem as u32 };
         // SAFETY: `p` mirrors the kernel's HipStageParams; sizes checked above; the plan's pages

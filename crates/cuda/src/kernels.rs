@@ -46,7 +46,7 @@ pub(crate) const MODULES: [(ModuleSource, &[&str]); 4] = [
     ),
     (ATTENTION, &["attn_prefill_tc_d64", "attn_prefill_tc_d128", "attn_combine"]),
     (DECODE, &["decode_partial_d64_g4", "decode_partial_d64_g8", "decode_partial_d128_g4", "decode_partial_d128_g8"]),
-    (HIP, &["hip_pool_queries", "hip_stage_scores", "hip_topk"]),
+    (HIP, &["hip_pool_queries", "hip_stage_scores_c1", "hip_stage_scores_c4", "hip_topk"]),
 ];
 
 /// The module sources, for tools and tests that compile them without a device.
