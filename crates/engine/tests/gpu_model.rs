@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use common::{fixture, LogitFixture};
 use infinihip_core::gguf::GgufFile;
 use infinihip_core::hip::HipConfig;
 use infinihip_engine::backend::cpu::CpuBackend;
@@ -27,7 +28,6 @@ use infinihip_engine::backend::Backend;
 use infinihip_engine::kv::SeqKv;
 use infinihip_engine::model::llama::Llama;
 use infinihip_engine::{AttentionMode, Engine, EngineOptions, LogitsWanted, StepInput};
-use serde::Deserialize;
 
 const TOP10_TOLERANCE: f32 = 0.4;
 const REL_TOLERANCE: f64 = 1e-2;
@@ -39,38 +39,6 @@ const HIP_REL_TOLERANCE: f64 = 6e-2;
 /// HiP on the GPU against HiP on the CPU with pruning (masks may differ where scores nearly
 /// tie; measured at most 2.1e-2 over 13 steps on the H100).
 const HIP_PRUNED_REL_TOLERANCE: f64 = 5e-2;
-
-#[derive(Deserialize)]
-struct Fixture {
-    logits: Vec<LogitsCase>,
-    long_logits: LongCase,
-}
-
-#[derive(Deserialize)]
-struct LogitsCase {
-    ids: Vec<u32>,
-    top10_ids: Vec<Vec<u32>>,
-    top10_logits: Vec<Vec<f32>>,
-    last_logits: Vec<f32>,
-}
-
-#[derive(Deserialize)]
-struct LongCase {
-    ids: Vec<u32>,
-    positions: Vec<usize>,
-    top10_ids: Vec<Vec<u32>>,
-    top10_logits: Vec<Vec<f32>>,
-}
-
-/// The fixture, found from the source tree this test was built in, else from the current
-/// directory (a test binary carried to another checkout and run from its root).
-fn fixture() -> Fixture {
-    const FILE: &str = "testdata/smollm2-135m-instruct-q4_1.json";
-    let built = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join(FILE);
-    let path = if built.is_file() { built } else { PathBuf::from(FILE) };
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("the fixture {}: {e}", path.display()));
-    serde_json::from_str(&text).expect("the fixture parses")
-}
 
 /// The CUDA backend, or `None` (after saying so) when there is no usable device.
 fn gpu() -> Option<CudaBackend> {
@@ -139,7 +107,7 @@ fn relative_error(a: &[f32], b: &[f32]) -> f64 {
 fn gpu_logits_match_float64_reference() {
     let Some(backend) = gpu() else { return };
     eprintln!("device: {:?}", backend.device());
-    let fx = fixture();
+    let fx: LogitFixture = fixture();
     // Small chunks and pages exercise chunked prefill and page boundaries.
     let mut engine = engine(backend, 16, 8);
     let vocab = engine.model().config().vocab_size;
@@ -189,7 +157,7 @@ fn gpu_logits_match_float64_reference() {
 #[test]
 fn gpu_decode_steps_equal_prefill_and_are_timed() {
     let Some(backend) = gpu() else { return };
-    let fx = fixture();
+    let fx: LogitFixture = fixture();
     let ids = &fx.long_logits.ids[..512];
     let mut engine = engine(backend, 512, 64);
     let vocab = engine.model().config().vocab_size;
@@ -226,7 +194,7 @@ fn gpu_layers_track_the_cpu() {
     // Each layer's attention queries on the GPU against the CPU's on the same tokens: the first
     // layer that drifts names where a discrepancy enters.
     let Some(backend) = gpu() else { return };
-    let fx = fixture();
+    let fx: LogitFixture = fixture();
     let ids = &fx.logits[0].ids;
     let mut gpu = engine(backend, 64, 16);
     let mut cpu = engine(CpuBackend::new(0).expect("cpu"), 64, 16);
@@ -270,7 +238,7 @@ fn gpu_hip_equals_dense_when_the_context_fits_in_sink_window_and_k() {
     // earlier block, window) hold every key, so it must give dense attention's logits up to
     // the order of the sums.
     let Some(backend) = gpu() else { return };
-    let fx = fixture();
+    let fx: LogitFixture = fixture();
     let (prompt, decode) = fx.long_logits.ids.split_at(1400);
     let mut engine = engine(backend, 256, 64);
     let dense = run_mode(&mut engine, &AttentionMode::Dense, prompt, &decode[..20]);
@@ -290,7 +258,7 @@ fn gpu_hip_prunes_like_the_cpu() {
     // relative error, over the prompt's last token and 12 decode steps (the refresh cycle
     // of 8 steps included); the sampled last token must equal a decode step of it.
     let Some(backend) = gpu() else { return };
-    let fx = fixture();
+    let fx: LogitFixture = fixture();
     let (prompt, decode) = fx.long_logits.ids.split_at(1400);
     let mode = AttentionMode::Hip(Arc::new(common::pruning_config()));
     let mut gpu = engine(backend, 256, 64);

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{fixture, model_path};
+use common::{fixture, model_path, LogitFixture};
 use std::sync::Arc;
 
 use infinihip_core::gguf::GgufFile;
@@ -14,32 +14,9 @@ use infinihip_engine::backend::cpu::CpuBackend;
 use infinihip_engine::kv::SeqKv;
 use infinihip_engine::model::llama::Llama;
 use infinihip_engine::{Engine, EngineOptions, LogitsWanted, StepInput};
-use serde::Deserialize;
 
 const TOP10_TOLERANCE: f32 = 2e-2;
 const TOP1_MARGIN: f32 = 0.05;
-
-#[derive(Deserialize)]
-struct Fixture {
-    logits: Vec<LogitsCase>,
-    long_logits: LongCase,
-}
-
-#[derive(Deserialize)]
-struct LogitsCase {
-    ids: Vec<u32>,
-    top10_ids: Vec<Vec<u32>>,
-    top10_logits: Vec<Vec<f32>>,
-    last_logits: Vec<f32>,
-}
-
-#[derive(Deserialize)]
-struct LongCase {
-    ids: Vec<u32>,
-    positions: Vec<usize>,
-    top10_ids: Vec<Vec<u32>>,
-    top10_logits: Vec<Vec<f32>>,
-}
 
 fn engine(prefill_chunk: usize, page_size: usize) -> Engine<CpuBackend> {
     let file = Arc::new(GgufFile::open(model_path()).expect("the model opens"));
@@ -69,7 +46,7 @@ fn check_position(what: &str, logits: &[f32], ref_ids: &[u32], ref_logits: &[f32
 
 #[test]
 fn short_cases_match_float64_reference_at_every_position() {
-    let fx: Fixture = fixture();
+    let fx: LogitFixture = fixture();
     // A small chunk and page size so that chunked prefill and page boundaries are exercised.
     let mut engine = engine(16, 8);
     let vocab = engine.model().config().vocab_size;
@@ -100,7 +77,7 @@ fn short_cases_match_float64_reference_at_every_position() {
 
 #[test]
 fn long_case_matches_float64_reference() {
-    let fx: Fixture = fixture();
+    let fx: LogitFixture = fixture();
     let case = &fx.long_logits;
     let chunk = 256;
     let mut engine = engine(chunk, 64);
@@ -129,7 +106,7 @@ fn long_case_matches_float64_reference() {
 fn decode_steps_equal_prefill() {
     // Feeding the same tokens one at a time (decode) or all at once (prefill) gives the same
     // logits: the cache, positions and both matmul paths agree.
-    let fx: Fixture = fixture();
+    let fx: LogitFixture = fixture();
     let ids = &fx.logits[0].ids[..24];
     let mut engine = engine(64, 16);
     let vocab = engine.model().config().vocab_size;

