@@ -12,7 +12,8 @@
 //! HiP decode (`--hip-presets`, the knobs of `--hip-layer`) runs on the same KV: each step kind
 //! of the refresh schedule is timed on its own (refresh from stage 0, 1 or 2, then block-sparse
 //! attention; or attention with the cached mask), and the headline row averages them over one
-//! refresh cycle of the preset (DESIGN.md §4.4). HiP prefill is not on the GPU yet.
+//! refresh cycle of the preset (DESIGN.md §4.4). HiP prefill runs on the GPU (`bench e2e` times
+//! it in the whole model) but has no per-layer rows here yet.
 //!
 //! Before anything is timed, every kernel is checked against the CPU oracle on fresh random
 //! inputs of a small size, in the same run: dense attention against
