@@ -37,6 +37,7 @@ use infinihip_core::rope::{RopeConfig, RopeScaling, RopeStyle, RopeTable};
 use infinihip_cuda::attention::{DevicePlan, SeqDesc};
 use infinihip_cuda::hip::{HipInputs, HipSeq};
 use infinihip_cuda::ops::{AttnScratch, AttnShape, KvGeometry, StepMasks};
+use infinihip_cuda::oracle::{rel_err, SplitMix64, ORACLE_REL_TOL};
 use infinihip_cuda::timing::{median, Timer};
 use infinihip_cuda::{CudaSlice, Gpu};
 use infinihip_engine::hip_gpu::{hip_entry, masked_run, oracle_check, window_end, HipStages};
@@ -605,51 +606,11 @@ impl DenseCase {
     }
 }
 
-/// SplitMix64, for the oracle checks' host inputs.
-pub(crate) struct Rng(u64);
-
-impl Rng {
-    pub(crate) fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in ±1, never 0, rounded to bf16 (so that the CPU sees what the GPU stores).
-    pub(crate) fn bf16_value(&mut self) -> bf16 {
-        let u = (self.next() >> 40) as f32 / (1u64 << 24) as f32;
-        let x = if u < 0.5 { -1.0 + u } else { u };
-        bf16::from_f32(if x == 0.0 { 0.5 } else { x })
-    }
-}
-
-/// ‖a − b‖ / ‖b‖, or infinity when `a` holds a non-finite value.
-pub(crate) fn rel_err(a: &[f32], b: &[f32]) -> f64 {
-    if a.iter().any(|x| !x.is_finite()) {
-        return f64::INFINITY;
-    }
-    let (mut num, mut den) = (0f64, 0f64);
-    for (&x, &y) in a.iter().zip(b) {
-        num += f64::from(x - y).powi(2);
-        den += f64::from(y).powi(2);
-    }
-    (num / den.max(f64::MIN_POSITIVE)).sqrt()
-}
-
-/// The bar of METHOD.md for bf16 storage with f32 arithmetic.
-const REL_TOL: f64 = 1e-2;
-
 /// Dense decode (batch 2) and a prefill chunk of `n_q` queries (batch 1) on a random
 /// 3,000-key context, against `dense_causal_attention`.
 fn check_dense(gpu: &Gpu, shape: HeadShape, n_q: usize) -> Result<()> {
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |t| t.as_nanos() as u64);
-    let mut rng = Rng::new(seed);
+    let mut rng = SplitMix64::new(seed);
     let (h, hkv, d) = shape.heads();
     let context = 3000;
     let mut table = RopeTable::new(rope_config(shape));
@@ -658,8 +619,8 @@ fn check_dense(gpu: &Gpu, shape: HeadShape, n_q: usize) -> Result<()> {
     for (batch, n_q) in [(2, 1), (1, n_q)] {
         let mut case = DenseCase::empty(gpu, shape, batch, context, n_q)?;
         // Host store in the device layout [page][K|V][slot][Hkv][d] (one layer).
-        let store: Vec<bf16> = (0..case.geometry.total_elems()).map(|_| rng.bf16_value()).collect();
-        let q: Vec<bf16> = (0..case.n_rows * h * d).map(|_| rng.bf16_value()).collect();
+        let store: Vec<bf16> = (0..case.geometry.total_elems()).map(|_| rng.signed_bf16()).collect();
+        let q: Vec<bf16> = (0..case.n_rows * h * d).map(|_| rng.signed_bf16()).collect();
         gpu.upload_into(&store, &mut case.store)?;
         gpu.upload_into(&q, &mut case.q)?;
         gpu.upload_into(&vec![bf16::NAN; q.len()], &mut case.out)?;
@@ -683,8 +644,11 @@ fn check_dense(gpu: &Gpu, shape: HeadShape, n_q: usize) -> Result<()> {
         }
         let err = rel_err(&got, &want);
         eprintln!("  check dense {} batch {batch} queries {n_q}: rel err {err:.2e} (seed {seed})", shape.name());
-        if err.is_nan() || err > REL_TOL {
-            bail!("dense attention ({} queries) differs from the CPU oracle: rel err {err:.2e} > {REL_TOL}", n_q);
+        if err.is_nan() || err > ORACLE_REL_TOL {
+            bail!(
+                "dense attention ({} queries) differs from the CPU oracle: rel err {err:.2e} > {ORACLE_REL_TOL}",
+                n_q
+            );
         }
     }
     Ok(())

@@ -22,6 +22,7 @@ mod error;
 pub mod hip;
 pub mod kernels;
 pub mod ops;
+pub mod oracle;
 pub mod runtime;
 pub mod timing;
 

@@ -18,6 +18,7 @@ use infinihip_core::rope::{RopeConfig, RopeScaling, RopeStyle, RopeTable};
 use infinihip_cuda::attention::{DevicePlan, SeqDesc};
 use infinihip_cuda::hip::{scoring_row_values, HipInputs, HipScratch, HipSeq, HipStage, PruningStrategy, StageOutput};
 use infinihip_cuda::ops::{AttnScratch, AttnShape, KvGeometry, StepMasks};
+use infinihip_cuda::oracle::{rel_err, SplitMix64, ORACLE_REL_TOL};
 use infinihip_cuda::{bf16, CudaError, CudaSlice, Gpu};
 
 fn strategy(rope: PruningRope) -> PruningStrategy {
@@ -229,41 +230,6 @@ impl GpuDecodeCache {
     }
 }
 
-/// SplitMix64 values in [-1, -1/64] ∪ [1/64, 1] as bf16 (never zero), for [`oracle_check`].
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn value(&mut self) -> bf16 {
-        let u = (self.next() >> 40) as f32 / (1u64 << 24) as f32;
-        let mag = 1.0 / 64.0 + u * (1.0 - 1.0 / 64.0);
-        bf16::from_f32(if self.next() & 1 == 0 { mag } else { -mag })
-    }
-}
-
-/// The bar of the device tool's METHOD.md for bf16 storage with f32 arithmetic.
-pub const ORACLE_REL_TOL: f64 = 1e-2;
-
-/// ‖gpu − cpu‖ / ‖cpu‖, or infinity when `gpu` holds a non-finite value (an unwritten output).
-fn rel_err(gpu: &[f32], cpu: &[f32]) -> f64 {
-    if gpu.iter().any(|v| !v.is_finite()) {
-        return f64::INFINITY;
-    }
-    let (mut num, mut den) = (0f64, 0f64);
-    for (&g, &c) in gpu.iter().zip(cpu) {
-        num += (f64::from(g) - f64::from(c)).powi(2);
-        den += f64::from(c).powi(2);
-    }
-    (num / den.max(f64::MIN_POSITIVE)).sqrt()
-}
-
 /// Tokens per page of [`oracle_check`]'s store.
 const CHECK_PAGE: usize = 64;
 
@@ -300,7 +266,7 @@ pub fn oracle_check(
 ) -> Result<Vec<String>, String> {
     let cuda = |e: CudaError| e.to_string();
     let cpu_err = |e: HipError| e.to_string();
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64::new(seed);
     let mut lines = Vec::new();
     let (h, hkv, d) = heads;
     let what = format!("HiP {h}q/{hkv}kv/d{d} layer {layer}, blocks of {n_q}");
@@ -324,9 +290,9 @@ pub fn oracle_check(
         page_size: CHECK_PAGE,
         capacity_pages: pages_per_seq * positions.len(),
     };
-    let store: Vec<bf16> = (0..geometry.total_elems()).map(|_| rng.value()).collect();
+    let store: Vec<bf16> = (0..geometry.total_elems()).map(|_| rng.nonzero_bf16()).collect();
     let n_rows = positions.len() * n_q;
-    let q: Vec<bf16> = (0..n_rows * h * d).map(|_| rng.value()).collect();
+    let q: Vec<bf16> = (0..n_rows * h * d).map(|_| rng.nonzero_bf16()).collect();
     let page_ids: Vec<u32> = (0..geometry.capacity_pages as u32).collect();
     let first = |p: usize| p + 1 - n_q;
     let seqs: Vec<HipSeq> = positions

@@ -17,14 +17,13 @@ use infinihip_core::gguf::writer::GgufWriter;
 use infinihip_core::gguf::GgufFile;
 use infinihip_core::quant::GgmlType;
 use infinihip_core::rope::{RopeConfig, RopeScaling, RopeStyle};
+use infinihip_cuda::oracle::{SplitMix64, ORACLE_REL_TOL};
 use infinihip_engine::backend::cpu::{CpuAct, CpuBackend};
 use infinihip_engine::backend::cuda::{CudaAct, CudaBackend};
 use infinihip_engine::backend::{AttentionShape, Backend, BatchPlan, SeqSlice, TensorRef};
 use infinihip_engine::hip_state::HipSeqState;
 use infinihip_engine::kv::{KvLayout, PageId};
 use infinihip_engine::EngineError;
-
-const REL_TOL: f64 = 1e-2;
 
 /// The CUDA backend, or `None` (after saying so) when there is no usable device.
 fn gpu() -> Option<CudaBackend> {
@@ -40,8 +39,8 @@ fn gpu() -> Option<CudaBackend> {
     }
 }
 
-/// SplitMix64: a small, seedable generator for test inputs.
-struct Rng(u64);
+/// The oracle checks' generator, seeded from `INFINIHIP_TEST_SEED` or the clock.
+struct Rng(SplitMix64);
 
 impl Rng {
     /// Seeded from `INFINIHIP_TEST_SEED` or the clock; prints the seed.
@@ -50,23 +49,12 @@ impl Rng {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
         });
         eprintln!("{test}: seed {seed}");
-        Self(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        Self(SplitMix64::new(seed))
     }
 
     /// Uniform in [-1, -1/64] ∪ [1/64, 1], rounded to bf16: never zero.
     fn value(&mut self) -> f32 {
-        let u = (self.next() >> 40) as f32 / (1u64 << 24) as f32;
-        let mag = 1.0 / 64.0 + u * (1.0 - 1.0 / 64.0);
-        let v = if self.next() & 1 == 0 { mag } else { -mag };
-        bf16::from_f32(v).to_f32()
+        self.0.nonzero_bf16().to_f32()
     }
 
     fn values(&mut self, n: usize) -> Vec<f32> {
@@ -74,7 +62,7 @@ impl Rng {
     }
 
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        (self.0.next_u64() % n as u64) as usize
     }
 }
 
@@ -138,7 +126,7 @@ fn q4_1_bytes(rng: &mut Rng, n: usize) -> Vec<u8> {
         let m = half::f16::from_f32(-0.08 * rng.value().abs());
         out.extend_from_slice(&d.to_le_bytes());
         out.extend_from_slice(&m.to_le_bytes());
-        out.extend((0..16).map(|_| rng.next() as u8));
+        out.extend((0..16).map(|_| rng.0.next_u64() as u8));
     }
     out
 }
@@ -155,7 +143,12 @@ fn rms_norm_matches_cpu() {
         cpu.rms_norm(&xc, &cpu.load_vector(&w).expect("w"), 1e-5, &mut oc).expect("cpu rms_norm");
         let mut og = poisoned(&cuda, rows, cols);
         cuda.rms_norm(&xg, &cuda.load_vector(&w).expect("w"), 1e-5, &mut og).expect("gpu rms_norm");
-        assert_close(&format!("rms_norm {rows}×{cols}"), &cuda.to_host(&og).expect("download"), oc.as_slice(), REL_TOL);
+        assert_close(
+            &format!("rms_norm {rows}×{cols}"),
+            &cuda.to_host(&og).expect("download"),
+            oc.as_slice(),
+            ORACLE_REL_TOL,
+        );
     }
 }
 
@@ -173,25 +166,35 @@ fn elementwise_ops_match_cpu() {
         let (bc, bg) = act_pair(&cuda, y.clone(), rows, cols);
         cpu.add_assign(&mut ac, &bc).expect("cpu add");
         cuda.add_assign(&mut ag, &bg).expect("gpu add");
-        assert_close(&format!("add_assign {rows}×{cols}"), &cuda.to_host(&ag).expect("dl"), ac.as_slice(), REL_TOL);
+        assert_close(
+            &format!("add_assign {rows}×{cols}"),
+            &cuda.to_host(&ag).expect("dl"),
+            ac.as_slice(),
+            ORACLE_REL_TOL,
+        );
 
         let (mut gc, mut gg) = act_pair(&cuda, x.clone(), rows, cols);
         cpu.swiglu(&mut gc, &bc).expect("cpu swiglu");
         cuda.swiglu(&mut gg, &bg).expect("gpu swiglu");
-        assert_close(&format!("swiglu {rows}×{cols}"), &cuda.to_host(&gg).expect("dl"), gc.as_slice(), REL_TOL);
+        assert_close(&format!("swiglu {rows}×{cols}"), &cuda.to_host(&gg).expect("dl"), gc.as_slice(), ORACLE_REL_TOL);
 
         let bias = rng.values(cols);
         let (mut xc, mut xg) = act_pair(&cuda, x, rows, cols);
         cpu.add_bias(&mut xc, &cpu.load_vector(&bias).expect("bias")).expect("cpu bias");
         cuda.add_bias(&mut xg, &cuda.load_vector(&bias).expect("bias")).expect("gpu bias");
-        assert_close(&format!("add_bias {rows}×{cols}"), &cuda.to_host(&xg).expect("dl"), xc.as_slice(), REL_TOL);
+        assert_close(
+            &format!("add_bias {rows}×{cols}"),
+            &cuda.to_host(&xg).expect("dl"),
+            xc.as_slice(),
+            ORACLE_REL_TOL,
+        );
 
         let picks: Vec<usize> = (0..rows.min(5)).map(|_| rng.below(rows)).collect();
         let mut pc = cpu.new_act(picks.len(), cols).expect("act");
         let mut pg = poisoned(&cuda, picks.len(), cols);
         cpu.gather_rows(&xc, &picks, &mut pc).expect("cpu gather");
         cuda.gather_rows(&xg, &picks, &mut pg).expect("gpu gather");
-        assert_close(&format!("gather_rows {picks:?}"), &cuda.to_host(&pg).expect("dl"), pc.as_slice(), REL_TOL);
+        assert_close(&format!("gather_rows {picks:?}"), &cuda.to_host(&pg).expect("dl"), pc.as_slice(), ORACLE_REL_TOL);
     }
 }
 
@@ -217,11 +220,11 @@ fn matmul_and_embed_match_cpu() {
             let mut og = poisoned(&cuda, rows, n_out);
             cuda.matmul(&xg, &wg, &mut og).expect("gpu matmul");
             let what = format!("matmul {name} {rows}×{n_in}·({n_out}×{n_in})ᵀ");
-            assert_close(&what, &cuda.to_host(&og).expect("dl"), oc.as_slice(), REL_TOL);
+            assert_close(&what, &cuda.to_host(&og).expect("dl"), oc.as_slice(), ORACLE_REL_TOL);
             // The logits path: the same product written as f32.
             let mut of = cuda.act_f32_from_host(&vec![f32::NAN; rows * n_out], rows, n_out).expect("f32 act");
             cuda.matmul(&xg, &wg, &mut of).expect("gpu matmul f32");
-            assert_close(&format!("{what} → f32"), &cuda.to_host(&of).expect("dl"), oc.as_slice(), REL_TOL);
+            assert_close(&format!("{what} → f32"), &cuda.to_host(&of).expect("dl"), oc.as_slice(), ORACLE_REL_TOL);
         }
         // The same matrix as an embedding table.
         let t = TensorRef::new(file.clone(), "w.q4_1").expect("tensor");
@@ -235,7 +238,7 @@ fn matmul_and_embed_match_cpu() {
             &format!("embed {rows} rows of {n_out}×{n_in}"),
             &cuda.to_host(&eg).expect("dl"),
             ec.as_slice(),
-            REL_TOL,
+            ORACLE_REL_TOL,
         );
         let err = cuda.embed(&wg, &[n_out as u32], &mut poisoned(&cuda, 1, n_in)).unwrap_err();
         assert!(matches!(err, EngineError::TokenOutOfRange { .. }), "{err}");
@@ -335,7 +338,7 @@ fn run_attention_case(case: &AttnCase, cuda: &CudaBackend, cpu: &CpuBackend, rng
     for (s, &(n, cached)) in plan.seqs.iter().zip(&case.seqs) {
         let r = s.row_start * h * d..(s.row_start + n) * h * d;
         let what = format!("attention {}: {n} new tokens after {cached}", case.name);
-        assert_close(&what, &got[r.clone()], &oc.as_slice()[r], REL_TOL);
+        assert_close(&what, &got[r.clone()], &oc.as_slice()[r], ORACLE_REL_TOL);
     }
 }
 
