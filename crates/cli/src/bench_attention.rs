@@ -41,7 +41,6 @@ use infinihip_cuda::oracle::{rel_err, SplitMix64, ORACLE_REL_TOL};
 use infinihip_cuda::timing::{median, Timer};
 use infinihip_cuda::{CudaSlice, Gpu};
 use infinihip_engine::hip_gpu::{hip_entry, masked_run, oracle_check, window_end, HipStages};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// HBM bandwidth and bf16 tensor-core rate of the H100 the floors are quoted against
@@ -483,31 +482,17 @@ fn rope_config(shape: HeadShape) -> RopeConfig {
 }
 
 impl DeviceRope {
+    /// The table of `shape` for positions `0..positions` (computed on the host in parallel).
     fn new(gpu: &Gpu, shape: HeadShape, positions: usize) -> Result<Self> {
-        let inv_freq = rope_config(shape).inv_freqs();
-        let half = inv_freq.len();
-        let mut cos = vec![0f32; positions * half];
-        let mut sin = vec![0f32; positions * half];
-        cos.par_chunks_mut(half).zip(sin.par_chunks_mut(half)).enumerate().for_each(|(p, (c, s))| {
-            for (i, &f) in inv_freq.iter().enumerate() {
-                let (sn, cs) = (p as f64 * f).sin_cos();
-                c[i] = cs as f32;
-                s[i] = sn as f32;
-            }
-        });
-        Ok(Self { cos: gpu.upload(&cos)?, sin: gpu.upload(&sin)?, half })
+        let mut table = RopeTable::new(rope_config(shape));
+        table.ensure(positions);
+        Self::from_table(gpu, &table, positions)
     }
 
-    /// The same table from a host `RopeTable` (for the oracle checks).
+    /// The first `positions` rows of a host `RopeTable` (covering them).
     fn from_table(gpu: &Gpu, table: &RopeTable, positions: usize) -> Result<Self> {
-        let half = table.half();
-        let (mut cos, mut sin) = (Vec::with_capacity(positions * half), Vec::with_capacity(positions * half));
-        for p in 0..positions {
-            let (c, s) = table.row(p);
-            cos.extend_from_slice(c);
-            sin.extend_from_slice(s);
-        }
-        Ok(Self { cos: gpu.upload(&cos)?, sin: gpu.upload(&sin)?, half })
+        let (cos, sin) = table.rows(0..positions);
+        Ok(Self { cos: gpu.upload(cos)?, sin: gpu.upload(sin)?, half: table.half() })
     }
 }
 

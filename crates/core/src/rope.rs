@@ -163,8 +163,14 @@ impl RopeTable {
     /// cos and sin rows for position `pos` (`half()` values each). Panics if `pos` is not
     /// covered: callers `ensure` the range first.
     pub fn row(&self, pos: usize) -> (&[f32], &[f32]) {
+        self.rows(pos..pos + 1)
+    }
+
+    /// cos and sin of `positions`, row after row (`[position][half]`), as one slice each: what
+    /// a device copy of the table takes. Panics if a position is not covered.
+    pub fn rows(&self, positions: std::ops::Range<usize>) -> (&[f32], &[f32]) {
         let half = self.half();
-        let r = pos * half..(pos + 1) * half;
+        let r = positions.start * half..positions.end * half;
         (&self.cos[r.clone()], &self.sin[r])
     }
 
@@ -242,6 +248,21 @@ mod tests {
 
     fn cfg(scaling: RopeScaling, style: RopeStyle) -> RopeConfig {
         RopeConfig { theta: 10000.0, dim: 8, style, scaling }
+    }
+
+    #[test]
+    fn rows_are_the_rows_of_a_range_side_by_side() {
+        let mut t = RopeTable::new(RopeConfig {
+            theta: 10000.0,
+            dim: 8,
+            style: RopeStyle::Adjacent,
+            scaling: RopeScaling::None,
+        });
+        t.ensure(5);
+        let (cos, sin) = t.rows(2..4);
+        assert_eq!(cos, [t.row(2).0, t.row(3).0].concat());
+        assert_eq!(sin, [t.row(2).1, t.row(3).1].concat());
+        assert_eq!(t.rows(0..t.len()).0.len(), t.len() * t.half());
     }
 
     #[test]

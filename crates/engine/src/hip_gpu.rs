@@ -275,12 +275,7 @@ pub fn oracle_check(
     let cfg = HipConfig::default();
     let max_pos = positions.iter().copied().max().ok_or("no positions")?;
     table.ensure(max_pos.max(cfg.n_window + 1) + 1);
-    let (mut cos, mut sin) = (Vec::new(), Vec::new());
-    for p in 0..table.len() {
-        let (c, s) = table.row(p);
-        cos.extend_from_slice(c);
-        sin.extend_from_slice(s);
-    }
+    let (cos, sin) = table.rows(0..table.len());
 
     let pages_per_seq = (max_pos + 1).div_ceil(CHECK_PAGE);
     let geometry = KvGeometry {
@@ -304,8 +299,8 @@ pub fn oracle_check(
     let q_dev = gpu.upload(&q).map_err(cuda)?;
     let pages_dev = gpu.upload(&page_ids).map_err(cuda)?;
     let seqs_dev = gpu.upload(&seqs).map_err(cuda)?;
-    let cos_dev = gpu.upload(&cos).map_err(cuda)?;
-    let sin_dev = gpu.upload(&sin).map_err(cuda)?;
+    let cos_dev = gpu.upload(cos).map_err(cuda)?;
+    let sin_dev = gpu.upload(sin).map_err(cuda)?;
     let shape = AttnShape {
         n_heads: h,
         n_kv_heads: hkv,

@@ -360,14 +360,9 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         // The host table grows geometrically, so re-uploading it whole is amortised.
-        let (mut cos, mut sin) = (Vec::with_capacity(have * half), Vec::with_capacity(have * half));
-        for p in 0..have {
-            let (c, s) = rope.table.row(p);
-            cos.extend_from_slice(c);
-            sin.extend_from_slice(s);
-        }
-        rope.cos = self.gpu.upload(&cos)?;
-        rope.sin = self.gpu.upload(&sin)?;
+        let (cos, sin) = rope.table.rows(0..have);
+        rope.cos = self.gpu.upload(cos)?;
+        rope.sin = self.gpu.upload(sin)?;
         rope.positions = have;
         Ok(())
     }
