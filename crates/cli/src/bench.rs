@@ -10,9 +10,11 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use infinihip_cuda::timing::median;
 use infinihip_engine::backend::Backend;
 use infinihip_engine::kv::SeqKv;
 use infinihip_engine::LogitsWanted;
+use infinihip_engine::{AttentionMode, Engine, EngineError};
 use serde::Serialize;
 
 use crate::args::ModelArgs;
@@ -40,16 +42,6 @@ struct BenchResult {
     commit: &'static str,
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    match s.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => s[n / 2],
-        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
-    }
-}
-
 fn argmax(v: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &x) in v.iter().enumerate() {
@@ -58,6 +50,32 @@ fn argmax(v: &[f32]) -> u32 {
         }
     }
     best as u32
+}
+
+/// Seconds to prefill `prompt` into a fresh sequence attending as `mode` (up to the first
+/// token's logits), then to take `gen_tokens` greedy decode steps (the end-of-sequence token
+/// does not stop them), and the device memory in use at the end; the sequence is released.
+fn prefill_then_decode<B: Backend>(
+    engine: &mut Engine<B>,
+    mode: &AttentionMode,
+    prompt: &[u32],
+    gen_tokens: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(f64, f64, Option<usize>), EngineError> {
+    let mut seq = SeqKv::with_attention(mode, engine.model().config().n_layers);
+    let t0 = Instant::now();
+    let logits = engine.feed(&mut seq, prompt, LogitsWanted::Last, progress)?;
+    let prefill_s = t0.elapsed().as_secs_f64();
+    let mut token = argmax(&logits);
+    let t1 = Instant::now();
+    for _ in 0..gen_tokens {
+        let logits = engine.feed(&mut seq, &[token], LogitsWanted::Last, &mut |_, _| {})?;
+        token = argmax(&logits);
+    }
+    let decode_s = t1.elapsed().as_secs_f64();
+    let memory = engine.model().backend().device_memory_in_use();
+    engine.release(&mut seq);
+    Ok((prefill_s, decode_s, memory))
 }
 
 pub fn cpu(
@@ -84,18 +102,8 @@ pub fn cpu(
 
         let (mut prefill, mut decode) = (Vec::new(), Vec::new());
         for rep in 0..reps {
-            let mut seq = SeqKv::with_attention(&attention.mode(), engine.model().config().n_layers);
-            let t0 = Instant::now();
-            let logits = engine.feed(&mut seq, &prompt, LogitsWanted::Last, &mut |_, _| {})?;
-            let prefill_s = t0.elapsed().as_secs_f64();
-            let mut token = argmax(&logits);
-            let t1 = Instant::now();
-            for _ in 0..gen_tokens {
-                let logits = engine.feed(&mut seq, &[token], LogitsWanted::Last, &mut |_, _| {})?;
-                token = argmax(&logits);
-            }
-            let decode_s = t1.elapsed().as_secs_f64();
-            engine.release(&mut seq);
+            let (prefill_s, decode_s, _) =
+                prefill_then_decode(&mut engine, &attention.mode(), &prompt, gen_tokens, &mut |_, _| {})?;
             prefill.push(prompt_tokens as f64 / prefill_s);
             if gen_tokens > 0 {
                 decode.push(gen_tokens as f64 / decode_s);
@@ -178,7 +186,6 @@ pub fn e2e(args: &crate::args::E2eArgs) -> Result<()> {
     let capacity = longest + args.gen_tokens + 1;
     with_engine!(opened, &args.model, capacity, |engine, device| {
         let unit = opened.tokenizer.encode(FILLER, false)?;
-        let n_layers = engine.model().config().n_layers;
         eprintln!(
             "bench e2e: {} on {}, KV pool of {capacity} tokens, prefill steps of {} tokens",
             lengths.iter().map(|&n| crate::eval::options::length_label(n)).collect::<Vec<_>>().join(", "),
@@ -190,28 +197,17 @@ pub fn e2e(args: &crate::args::E2eArgs) -> Result<()> {
             let prompt: Vec<u32> = unit.iter().copied().cycle().take(n).collect();
             let mut modes = vec![(hip.label(), hip.mode())];
             if n <= args.dense_up_to {
-                modes.push(("dense".to_string(), infinihip_engine::AttentionMode::Dense));
+                modes.push(("dense".to_string(), AttentionMode::Dense));
             }
             for (label, mode) in modes {
-                let mut seq = SeqKv::with_attention(&mode, n_layers);
-                let t0 = Instant::now();
                 let mut last_report = Instant::now();
-                let logits = engine.feed(&mut seq, &prompt, LogitsWanted::Last, &mut |done, total| {
-                    if last_report.elapsed().as_secs_f64() >= 10.0 {
-                        eprintln!("  {label} {n}: prefilled {done}/{total} tokens");
-                        last_report = Instant::now();
-                    }
-                })?;
-                let ttft = t0.elapsed().as_secs_f64();
-                let mut token = argmax(&logits);
-                let t1 = Instant::now();
-                for _ in 0..args.gen_tokens {
-                    let logits = engine.feed(&mut seq, &[token], LogitsWanted::Last, &mut |_, _| {})?;
-                    token = argmax(&logits);
-                }
-                let decode_s = t1.elapsed().as_secs_f64();
-                let memory = engine.model().backend().device_memory_in_use();
-                engine.release(&mut seq);
+                let (ttft, decode_s, memory) =
+                    prefill_then_decode(&mut engine, &mode, &prompt, args.gen_tokens, &mut |done, total| {
+                        if last_report.elapsed().as_secs_f64() >= 10.0 {
+                            eprintln!("  {label} {n}: prefilled {done}/{total} tokens");
+                            last_report = Instant::now();
+                        }
+                    })?;
                 let row = E2eRow {
                     context: n,
                     attention: label,
