@@ -209,11 +209,10 @@ impl GpuDecodeCache {
         if self.window_end > pos {
             self.step = 0;
         }
-        let from = first_stage_to_refresh(&cfg.refresh, self.step);
-        if self.step == 0 || from == Some(0) {
+        let from = if self.step == 0 { Some(0) } else { first_stage_to_refresh(&cfg.refresh, self.step) };
+        if from == Some(0) {
             self.window_end = window_end(cfg, pos);
         }
-        let from = if self.step == 0 { Some(0) } else { from };
         let entry = hip_entry(cfg, layer, row, pos, 1, page_start, self.window_end);
         if let Some(from) = from {
             gpu.upload_into(&[entry], &mut self.entry)?;
