@@ -352,14 +352,7 @@ fn time_hip(
     let layer = args.hip_layer;
     let seqs: Vec<HipSeq> = (0..batch).map(|b| hip_entry(cfg, layer, b, pos, 1, b * pages, w)).collect();
     let seqs_dev = gpu.upload(&seqs)?;
-    let attn_shape = AttnShape {
-        n_heads: h,
-        n_kv_heads: hkv,
-        head_dim: d,
-        scale: 1.0 / (d as f32).sqrt(),
-        rope_half: rope.half,
-        rope_adjacent: true,
-    };
+    let attn_shape = rope.shape_of(shape.heads());
     let inp = HipInputs {
         store: &case.store,
         geometry: case.geometry,
@@ -489,6 +482,18 @@ impl DeviceRope {
         Self::from_table(gpu, &table, positions)
     }
 
+    /// The kernels' attention shape for heads (H, Hkv, d) rotated with this table.
+    fn shape_of(&self, (h, hkv, d): (usize, usize, usize)) -> AttnShape {
+        AttnShape {
+            n_heads: h,
+            n_kv_heads: hkv,
+            head_dim: d,
+            scale: 1.0 / (d as f32).sqrt(),
+            rope_half: self.half,
+            rope_adjacent: true,
+        }
+    }
+
     /// The first `positions` rows of a host `RopeTable` (covering them).
     fn from_table(gpu: &Gpu, table: &RopeTable, positions: usize) -> Result<Self> {
         let (cos, sin) = table.rows(0..positions);
@@ -566,16 +571,8 @@ impl DenseCase {
     }
 
     fn run(&mut self, gpu: &Gpu, rope: &DeviceRope) -> Result<(), infinihip_cuda::CudaError> {
-        let (h, hkv, d) = self.heads;
         let step = self.plan.step(&self.page_ids, None);
-        let shape = AttnShape {
-            n_heads: h,
-            n_kv_heads: hkv,
-            head_dim: d,
-            scale: 1.0 / (d as f32).sqrt(),
-            rope_half: rope.half,
-            rope_adjacent: true,
-        };
+        let shape = rope.shape_of(self.heads);
         gpu.attention(
             &self.store,
             self.geometry,
