@@ -15,20 +15,14 @@
 //! the test prints `skipped: no CUDA device` and passes; `INFINIHIP_REQUIRE_CUDA=1` makes that
 //! a failure.
 
+mod common;
+
 use infinihip_cuda::Gpu;
 use infinihip_engine::hip_gpu::oracle_check;
 
+/// The CUDA device, or `None` (after saying so) when there is none.
 fn gpu() -> Option<Gpu> {
-    match Gpu::new(0) {
-        Ok(g) => Some(g),
-        Err(e) if std::env::var("INFINIHIP_REQUIRE_CUDA").is_ok_and(|v| v == "1") => {
-            panic!("INFINIHIP_REQUIRE_CUDA=1 but no CUDA device: {e}")
-        }
-        Err(e) => {
-            eprintln!("skipped: no CUDA device ({e})");
-            None
-        }
-    }
+    common::cuda_or_skip(Gpu::new(0))
 }
 
 #[test]

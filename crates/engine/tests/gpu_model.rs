@@ -40,18 +40,9 @@ const HIP_REL_TOLERANCE: f64 = 6e-2;
 /// tie; measured at most 2.1e-2 over 13 steps on the H100).
 const HIP_PRUNED_REL_TOLERANCE: f64 = 5e-2;
 
-/// The CUDA backend, or `None` (after saying so) when there is no usable device.
+/// The CUDA device, or `None` (after saying so) when there is none.
 fn gpu() -> Option<CudaBackend> {
-    match CudaBackend::new(0) {
-        Ok(b) => Some(b),
-        Err(e) if std::env::var("INFINIHIP_REQUIRE_CUDA").is_ok_and(|v| v == "1") => {
-            panic!("INFINIHIP_REQUIRE_CUDA=1 but the CUDA backend is unavailable: {e}")
-        }
-        Err(e) => {
-            eprintln!("skipped: no CUDA device ({e})");
-            None
-        }
-    }
+    common::cuda_or_skip(CudaBackend::new(0))
 }
 
 /// `$INFINIHIP_MODEL`, else the default model in the cache; never fetched (the GPU machine

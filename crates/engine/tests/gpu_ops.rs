@@ -10,6 +10,8 @@
 //! With no CUDA device (or no CUDA libraries) each test prints `skipped: no CUDA device` and
 //! passes; with `INFINIHIP_REQUIRE_CUDA=1` it fails instead.
 
+mod common;
+
 use std::sync::Arc;
 
 use half::bf16;
@@ -25,18 +27,9 @@ use infinihip_engine::hip_state::HipSeqState;
 use infinihip_engine::kv::{KvLayout, PageId};
 use infinihip_engine::EngineError;
 
-/// The CUDA backend, or `None` (after saying so) when there is no usable device.
+/// The CUDA device, or `None` (after saying so) when there is none.
 fn gpu() -> Option<CudaBackend> {
-    match CudaBackend::new(0) {
-        Ok(b) => Some(b),
-        Err(e) if std::env::var("INFINIHIP_REQUIRE_CUDA").is_ok_and(|v| v == "1") => {
-            panic!("INFINIHIP_REQUIRE_CUDA=1 but the CUDA backend is unavailable: {e}")
-        }
-        Err(e) => {
-            eprintln!("skipped: no CUDA device ({e})");
-            None
-        }
-    }
+    common::cuda_or_skip(CudaBackend::new(0))
 }
 
 /// The oracle checks' generator, seeded from `INFINIHIP_TEST_SEED` or the clock.

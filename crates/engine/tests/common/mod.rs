@@ -1,5 +1,6 @@
 //! What the engine's model tests share: the default model, its reference fixture, and a HiP
-//! config small enough that a 1,400-token context is mostly pruned. Each test crate compiles
+//! config small enough that a 1,400-token context is mostly pruned, and the GPU tests' skip
+//! rule. Each test crate compiles
 //! this module and uses part of it.
 #![allow(dead_code)]
 
@@ -58,4 +59,19 @@ pub fn pruning_config() -> infinihip_core::hip::HipConfig {
     )
     .expect("valid config");
     cfg
+}
+
+/// A CUDA device (or backend) that opened, or `None` after saying why the test is skipped;
+/// with `INFINIHIP_REQUIRE_CUDA=1` a missing device fails the test instead.
+pub fn cuda_or_skip<T, E: std::fmt::Display>(opened: Result<T, E>) -> Option<T> {
+    match opened {
+        Ok(device) => Some(device),
+        Err(e) if std::env::var("INFINIHIP_REQUIRE_CUDA").is_ok_and(|v| v == "1") => {
+            panic!("INFINIHIP_REQUIRE_CUDA=1 but no usable CUDA device: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipped: no CUDA device ({e})");
+            None
+        }
+    }
 }
