@@ -336,7 +336,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_prefill_tc_d128(const Att
 // memory; then blockDim/d groups of d threads each sum a strided share of the splits (their
 // loads independent, so many are in flight: HiP decode has ~200 short splits per head, and a
 // serial loop over them cost more than the attention itself), merged through shared memory.
-#define COMBINE_MAX_SPLITS 256
+#define COMBINE_MAX_SPLITS 1024
 extern "C" __global__ void attn_combine(const float* __restrict__ part_acc, const float* __restrict__ part_ml,
                                         const int* __restrict__ n_splits, bf16* __restrict__ out, int max_splits,
                                         int d) {

@@ -82,17 +82,32 @@ pub fn fast_decode_supported(rope_half: usize, rope_adjacent: bool) -> bool {
     rope_adjacent || rope_half.is_multiple_of(8)
 }
 
-/// The most splits of one decode sequence: `attn_combine` reads every split's partial of each
-/// head, serially.
-pub const MAX_DECODE_SPLITS: usize = 256;
+/// Dynamic shared memory of a `decode_partial` block over `n_kv_heads` heads: each warp's
+/// cp.async ring of `DECODE_STAGES` stages of `DECODE_FIELDS` 16-byte slots a lane
+/// (`kernels/decode.cu`).
+pub fn decode_smem_bytes(n_kv_heads: usize) -> usize {
+    const STAGES: usize = 6;
+    const FIELDS: usize = 4;
+    n_kv_heads * STAGES * FIELDS * 32 * 16
+}
 
-/// Splits of a decode sequence of `n_keys` keys (at most) when `n_seqs` sequences share the
-/// GPU: enough blocks for about four per multiprocessor, at most `MAX_DECODE_SPLITS`, each a
-/// multiple of 16 keys (one iteration of `decode_partial`). Short key lists (HiP's few
-/// thousand) are cut fine: a split's iterations run one after another, so fewer, longer splits
-/// leave most of the GPU idle. Returns `(split_len, n_splits)`.
-pub fn decode_splits(n_keys: usize, n_seqs: usize, n_sms: usize) -> (usize, usize) {
-    let wanted = (4 * n_sms.max(1)).div_ceil(n_seqs.max(1)).clamp(1, MAX_DECODE_SPLITS);
+/// The most splits of one decode sequence: `attn_combine` weighs every split of a head in
+/// shared memory (`COMBINE_MAX_SPLITS`).
+pub const MAX_DECODE_SPLITS: usize = 1024;
+
+/// Warps of `decode_partial` resident on one multiprocessor: 128 registers a thread (its
+/// launch bounds) fill the 64K-register file at 16 warps.
+const DECODE_WARPS_PER_SM: usize = 16;
+
+/// Splits of a decode sequence of `n_keys` keys (at most) when `n_seqs` sequences of
+/// `n_kv_heads` heads (a warp each) share the GPU: one wave of blocks, as many as fit on the
+/// multiprocessors at once, at most `MAX_DECODE_SPLITS`, each a multiple of 16 keys. Fewer
+/// blocks leave warps missing to hide the memory latency (SmolLM2's 3 KV heads at 256 splits
+/// read 1M keys at a third of PyTorch's speed); more make a second, ragged wave. Short key
+/// lists (HiP's few thousand) are cut as fine as that. Returns `(split_len, n_splits)`.
+pub fn decode_splits(n_keys: usize, n_seqs: usize, n_kv_heads: usize, n_sms: usize) -> (usize, usize) {
+    let blocks_per_sm = (DECODE_WARPS_PER_SM / n_kv_heads.max(1)).max(1);
+    let wanted = (blocks_per_sm * n_sms.max(1)).div_ceil(n_seqs.max(1)).clamp(1, MAX_DECODE_SPLITS);
     let split_len = n_keys.div_ceil(wanted).max(1).next_multiple_of(16);
     (split_len, n_keys.div_ceil(split_len).max(1))
 }
@@ -155,7 +170,7 @@ pub fn plan(
     for (si, s) in seqs.iter().enumerate() {
         if fast_decode && s.n_tokens == 1 {
             let n_keys = s.max_keys(0, max_selected);
-            let (split_len, splits) = decode_splits(n_keys, n_decode, n_sms);
+            let (split_len, splits) = decode_splits(n_keys, n_decode, n_kv_heads, n_sms);
             out.max_splits = out.max_splits.max(splits);
             out.decode_seqs.push(DecodeSeq {
                 row: s.row_start,
@@ -445,10 +460,13 @@ mod tests {
             assert!(splits <= p.max_splits && d.split_len % 16 == 0);
             assert!(splits * d.split_len as usize >= n_keys && (splits - 1) * (d.split_len as usize) < n_keys);
         }
-        // 1M keys over two decode sequences: 256 splits; HiP's ~3.3K keys: 208 splits of 16.
-        assert_eq!(decode_splits(1 << 20, 2, 132), (4096, 256));
-        assert_eq!(decode_splits(3328, 1, 132), (16, 208));
-        assert_eq!(decode_splits(10, 1, 132), (16, 1));
+        // Llama-3.1-8B's 8 KV heads, two blocks an SM: 1M keys over two decode sequences in
+        // 132 splits each; HiP's ~3.3K keys in 208 splits of 16. SmolLM2's 3 KV heads, five
+        // blocks an SM: 1M keys of one sequence in 660 splits.
+        assert_eq!(decode_splits(1 << 20, 2, 8, 132), (7952, 132));
+        assert_eq!(decode_splits(3328, 1, 8, 132), (16, 208));
+        assert_eq!(decode_splits(1 << 20, 1, 3, 132), (1600, 656));
+        assert_eq!(decode_splits(10, 1, 8, 132), (16, 1));
         assert!(
             fast_decode_supported(64, true) && fast_decode_supported(32, false) && !fast_decode_supported(12, false)
         );

@@ -690,8 +690,11 @@ impl Gpu {
         );
         let mut l = self.launch(kernel)?;
         l.args.arg(dp);
-        let cfg =
-            LaunchConfig { grid_dim: blocks, block_dim: (32 * shape.n_kv_heads as u32, 1, 1), shared_mem_bytes: 0 };
+        let cfg = LaunchConfig {
+            grid_dim: blocks,
+            block_dim: (32 * shape.n_kv_heads as u32, 1, 1),
+            shared_mem_bytes: crate::attention::decode_smem_bytes(shape.n_kv_heads) as u32,
+        };
         // SAFETY: `dp` mirrors the kernel's DecodeParams; its buffers were checked by the caller.
         unsafe { l.run(cfg) }
     }

@@ -100,7 +100,10 @@ impl Gpu {
             multiprocessors: multiprocessors.max(1) as usize,
             total_memory_bytes: ctx.total_mem().map_err(driver("reading the memory size"))?,
         };
-        let functions = load_kernels(&ctx, &info.arch)?;
+        let smem_optin = ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .map_err(driver("reading the shared memory size"))?;
+        let functions = load_kernels(&ctx, &info.arch, smem_optin)?;
         let sync_each_launch = std::env::var("INFINIHIP_CUDA_SYNC").is_ok_and(|v| v == "1");
         Ok(Self { ctx, stream, blas, info, functions, last_kernel: Mutex::new("(none)"), sync_each_launch })
     }
@@ -186,8 +189,16 @@ impl Launch<'_> {
     }
 }
 
-/// Compiles and loads every module, and looks up each of its kernels.
-fn load_kernels(ctx: &Arc<CudaContext>, arch: &str) -> Result<HashMap<&'static str, CudaFunction>, CudaError> {
+/// Compiles and loads every module, and looks up each of its kernels. Each kernel may take
+/// the device's whole opt-in shared memory (`smem_optin` bytes a block, less its static
+/// shared memory) as dynamic shared memory: the launchers size it, and CUDA refuses more than
+/// 48 KiB to a kernel that was not opted in.
+fn load_kernels(
+    ctx: &Arc<CudaContext>,
+    arch: &str,
+    smem_optin: i32,
+) -> Result<HashMap<&'static str, CudaFunction>, CudaError> {
+    use cudarc::driver::sys::CUfunction_attribute as Attr;
     let mut functions = HashMap::new();
     for (module, kernels) in MODULES {
         let source = ModuleSource { name: module.name, source: module.source };
@@ -197,6 +208,10 @@ fn load_kernels(ctx: &Arc<CudaContext>, arch: &str) -> Result<HashMap<&'static s
             .map_err(|source| CudaError::Load { kernel: module.name, source })?;
         for &kernel in kernels {
             let f = loaded.load_function(kernel).map_err(|source| CudaError::Load { kernel, source })?;
+            let load = |source| CudaError::Load { kernel, source };
+            let static_smem = f.get_attribute(Attr::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES).map_err(load)?;
+            f.set_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem_optin - static_smem)
+                .map_err(load)?;
             functions.insert(kernel, f);
         }
     }
