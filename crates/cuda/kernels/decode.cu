@@ -137,13 +137,57 @@ __device__ __forceinline__ void load8(const bf16* src, float (&x)[8]) {
     unpack8(*reinterpret_cast<const uint4*>(src), x);
 }
 
+// The G query heads' dot products with a key, each a partial sum in each of the key's LPK
+// lanes, summed over the lanes with the halving exchange: at each step a lane sends half of
+// the heads it holds and keeps the other half, so after log2(G) steps it holds one head
+// (`head_of_lane`) and the last steps are a plain sum. 2·(G − 1)/… shuffles in place of
+// G·log2(LPK): 5 instead of 16 for Llama-3.1-8B's G = 4, LPK = 16. Returns the lane's head's
+// full dot product. G ≤ LPK, both powers of two.
+template <int G, int LPK>
+__device__ __forceinline__ float reduce_heads(float (&v)[G], int part) {
+    int n = G;
+#pragma unroll
+    for (int o = LPK / 2; o > 0; o >>= 1) {
+        if (n > 1) {
+            const bool upper = part & o;
+            n /= 2;
+#pragma unroll
+            for (int i = 0; i < G / 2; ++i) {
+                if (i < n) {
+                    const float send = upper ? v[i] : v[i + n];
+                    const float keep = upper ? v[i + n] : v[i];
+                    v[i] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+                }
+            }
+        } else {
+            v[0] += __shfl_xor_sync(0xffffffffu, v[0], o);
+        }
+    }
+    return v[0];
+}
+
+// The head that `reduce_heads` leaves in lane `part` of a key's lanes (upper halves take the
+// upper heads), and the first lane holding head j.
+template <int G, int LPK>
+__device__ __forceinline__ int head_of_lane(int part) {
+    return part / (LPK / G);
+}
+template <int G, int LPK>
+__device__ __forceinline__ int lane_of_head(int j) {
+    return j * (LPK / G);
+}
+
 // Stages of the cp.async ring: STAGES − 1 are in flight while one is computed. Shared memory
 // per block: Hkv warps · STAGES · 2 KiB (96 KiB at 8 KV heads, so two blocks share an SM).
 #define DECODE_STAGES 6
 // Per lane and stage, 16 bytes each of: K, V, and (adjacent RoPE) the 4 cos and 4 sin values.
 #define DECODE_FIELDS 4
 
-template <int D, int G>
+// RING_ROPE: adjacent RoPE pairs in whole quads (rope_half % 4 == 0; the host checks), the
+// lane's cos/sin staged in the ring with its key. Otherwise (halves RoPE, odd partial
+// rotations) each key's RoPE row is looked up again when it is rotated: a separate instance,
+// since that path's registers pushed the common one past 128 and made it spill.
+template <int D, int G, bool RING_ROPE>
 __device__ __forceinline__ void decode_partial(const DecodeParams& p) {
     constexpr int LPK = D / 8;       // lanes per key
     constexpr int KPI = 32 / LPK;    // keys per stage (one 16-byte load per lane)
@@ -171,33 +215,37 @@ __device__ __forceinline__ void decode_partial(const DecodeParams& p) {
     const int rope_off = s.window_start - n_sel - s.n_sink;
     const int n_stages = v1 > v0 ? (v1 - v0 + KPI - 1) / KPI : 0;
 
-    const size_t width = (size_t)p.n_kv_heads * D;
-    const size_t layer_page = (size_t)p.page_size * width;
-    const size_t page_elems = 2 * (size_t)p.n_layers * layer_page;
-    const bf16* kv_layer = p.kv + 2 * (size_t)p.layer * layer_page + (size_t)kvh * D + e0;
-    // The lane's 4 rotated pairs read one float4 each of cos and sin, staged with the key.
+    // Strides in 32 bits (registers are what this kernel runs short of): a row (Hkv·d values)
+    // in 16-byte units, a layer's K (or V) of a page in 16-byte units, a page in rows.
+    const unsigned row16 = p.n_kv_heads * D / 8;
+    const unsigned layer_page16 = p.page_size * row16;
+    const unsigned page_rows = 2 * p.n_layers * p.page_size;
+    const uint4* kv_layer =
+        reinterpret_cast<const uint4*>(p.kv + 2 * (size_t)p.layer * layer_page16 * 8 + (size_t)kvh * D + e0);
+    // The lane's 4 rotated pairs (all or none of them rotate: half % 4 == 0) read one float4
+    // each of cos and sin.
     const int half = p.rope_half;
-    const bool staged_rope = p.rope_adjacent && half % 4 == 0 && e0 / 2 + 4 <= half;
+    const bool staged_rope = RING_ROPE && e0 / 2 < half;
     uint4* my_ring = ring + (size_t)kvh * S * DECODE_FIELDS * 32 + lane;
 
-    // Key addresses are resolved 32 at a time, lane j holding key `base + j` (its position,
-    // page and RoPE row), one batch ahead of the stages that issue its loads, so the index
-    // loads (mask blocks, page table) overlap the KV stream instead of preceding each load.
-    auto resolve = [&](int base, int& pos, unsigned& page, int& rp) {
+    // Key addresses are resolved 32 at a time, lane j holding key `base + j` (the offset of its
+    // row in the store, in rows of Hkv·d values, and its RoPE row), one batch ahead of the stages that
+    // issue its loads, so the index loads (mask blocks, page table) overlap the KV stream
+    // instead of preceding each load.
+    auto resolve = [&](int base, unsigned& off, int& rp) {
         const int v = base + lane;
-        pos = 0;
-        page = 0;
+        off = 0;
         rp = 0;
         if (v < v1) {
-            pos = key_position(v, s.n_sink, n_sel, blocks, p.block_k, s.window_start);
-            page = p.page_ids[s.page_start + pos / p.page_size];
+            const int pos = key_position(v, s.n_sink, n_sel, blocks, p.block_k, s.window_start);
+            off = p.page_ids[s.page_start + pos / p.page_size] * page_rows + pos % p.page_size;
             rp = s.rope_streaming ? v + rope_off : pos;
         }
     };
-    int cur_pos, nxt_pos, cur_rp, nxt_rp;
-    unsigned cur_page, nxt_page;
-    resolve(v0, cur_pos, cur_page, cur_rp);
-    resolve(v0 + 32, nxt_pos, nxt_page, nxt_rp);
+    unsigned cur_off, nxt_off;
+    int cur_rp, nxt_rp;
+    resolve(v0, cur_off, cur_rp);
+    resolve(v0 + 32, nxt_off, nxt_rp);
 
     // Issues stage t's copies into ring slot t mod S, then commits a group (empty past the end,
     // so that the group count per iteration is uniform).
@@ -205,20 +253,18 @@ __device__ __forceinline__ void decode_partial(const DecodeParams& p) {
         if (t < n_stages) {
             const int within = t % SPB;
             if (within == 0 && t > 0) {
-                cur_pos = nxt_pos;
-                cur_page = nxt_page;
+                cur_off = nxt_off;
                 cur_rp = nxt_rp;
-                resolve(v0 + (t / SPB + 1) * 32, nxt_pos, nxt_page, nxt_rp);
+                resolve(v0 + (t / SPB + 1) * 32, nxt_off, nxt_rp);
             }
             const int src = within * KPI + sub;
-            const int pos = __shfl_sync(0xffffffffu, cur_pos, src);
-            const unsigned page = __shfl_sync(0xffffffffu, cur_page, src);
+            const unsigned off = __shfl_sync(0xffffffffu, cur_off, src);
             const int rp = __shfl_sync(0xffffffffu, cur_rp, src);
             const bool valid = v0 + t * KPI + sub < v1;
-            const bf16* k_row = kv_layer + page * page_elems + (size_t)(pos % p.page_size) * width;
+            const uint4* k_row = kv_layer + (size_t)off * row16;
             uint4* slot = my_ring + (size_t)(t % S) * DECODE_FIELDS * 32;
             cp_async_cg16(slot, k_row, valid ? 16 : 0);
-            cp_async_cg16(slot + 32, k_row + layer_page, valid ? 16 : 0);
+            cp_async_cg16(slot + 32, k_row + layer_page16, valid ? 16 : 0);
             if (staged_rope) {
                 cp_async_ca16(slot + 64, p.cos + (size_t)rp * half + e0 / 2);
                 cp_async_ca16(slot + 96, p.sin + (size_t)rp * half + e0 / 2);
@@ -240,14 +286,15 @@ __device__ __forceinline__ void decode_partial(const DecodeParams& p) {
         for (int t = 0; t < 8; ++t) q[j][t] *= p.scale * LOG2E;
     }
 
-    float m[G], l[G], acc[G][8];
+    // The running maximum and weight sum are kept for one head a lane, `head` (see
+    // `reduce_heads`); acc for all G heads of the lane's components.
+    float m = NEG_INF, l = 0.f, acc[G][8];
 #pragma unroll
     for (int j = 0; j < G; ++j) {
-        m[j] = NEG_INF;
-        l[j] = 0.f;
 #pragma unroll
         for (int t = 0; t < 8; ++t) acc[j][t] = 0.f;
     }
+    const int head = head_of_lane<G, LPK>(part);
 
     for (int t = 0; t < n_stages; ++t) {
         issue(t + S - 1);
@@ -267,65 +314,83 @@ __device__ __forceinline__ void decode_partial(const DecodeParams& p) {
                 kx[2 * u] = a * cs[u] - b * ss[u];
                 kx[2 * u + 1] = a * ss[u] + b * cs[u];
             }
-        } else {
-            // Halves RoPE (shuffles: the whole warp calls it) or a lane past a partial
-            // rotation: the ring holds no RoPE row, so the key's is looked up again.
+        } else if (!RING_ROPE) {
+            // Shuffles inside for halves RoPE: the whole warp calls it.
             const int v = v0 + t * KPI + sub;
             int rp = 0;
             if (valid) rp = s.rope_streaming ? v + rope_off : key_position(v, s.n_sink, n_sel, blocks, p.block_k, s.window_start);
             rotate8(kx, e0, rp, p);
         }
+        float dots[G];
 #pragma unroll
         for (int j = 0; j < G; ++j) {
-            float d = 0.f;
+            dots[j] = 0.f;
 #pragma unroll
-            for (int u = 0; u < 8; ++u) d += q[j][u] * kx[u];
-            d = group_sum<LPK>(d);
-            const float sc = valid ? d : NEG_INF;
-            float tmax = sc;
+            for (int u = 0; u < 8; ++u) dots[j] += q[j][u] * kx[u];
+        }
+        const float sc = valid ? reduce_heads<G, LPK>(dots, part) : NEG_INF;
+        float tmax = sc;
 #pragma unroll
-            for (int o = LPK; o < 32; o <<= 1) tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, o));
-            // Rescale only when the running maximum grows (warp-uniform: m is the same in
-            // every lane). No visible key yet keeps m = −inf and weights 0.
-            if (tmax > m[j]) {
-                const float corr = exp2f(m[j] - tmax);
-                l[j] *= corr;
+        for (int o = LPK; o < 32; o <<= 1) tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, o));
+        // Rescale only when a running maximum grows (after the first keys, rarely). No visible
+        // key yet keeps m = −inf and weights 0.
+        const bool grows = tmax > m;
+        const float corr = grows ? exp2f(m - tmax) : 1.f;
+        if (grows) m = tmax;
+        const float w = valid ? exp2f(sc - m) : 0.f;
+        l = l * corr + w;
+        const int slot0 = sub * LPK;
+        if (__any_sync(0xffffffffu, grows)) {
 #pragma unroll
-                for (int u = 0; u < 8; ++u) acc[j][u] *= corr;
-                m[j] = tmax;
+            for (int j = 0; j < G; ++j) {
+                const float c = __shfl_sync(0xffffffffu, corr, slot0 + lane_of_head<G, LPK>(j));
+#pragma unroll
+                for (int u = 0; u < 8; ++u) acc[j][u] *= c;
             }
-            const float w = valid ? exp2f(sc - m[j]) : 0.f;
-            l[j] += w;
+        }
 #pragma unroll
-            for (int u = 0; u < 8; ++u) acc[j][u] += w * vx[u];
+        for (int j = 0; j < G; ++j) {
+            const float wj = __shfl_sync(0xffffffffu, w, slot0 + lane_of_head<G, LPK>(j));
+#pragma unroll
+            for (int u = 0; u < 8; ++u) acc[j][u] += wj * vx[u];
         }
     }
     cp_async_wait<0>();  // no copy outlives the block
 
-    // Merge the KPI key slots of the warp (same m), then lanes of slot 0 write.
+    // Merge the KPI key slots of the warp (same m), then lanes of slot 0 write: every lane its
+    // share of acc, and the first lane of each head its m and l.
+#pragma unroll
+    for (int o = LPK; o < 32; o <<= 1) l += __shfl_xor_sync(0xffffffffu, l, o);
 #pragma unroll
     for (int j = 0; j < G; ++j) {
 #pragma unroll
         for (int o = LPK; o < 32; o <<= 1) {
-            l[j] += __shfl_xor_sync(0xffffffffu, l[j], o);
 #pragma unroll
             for (int t = 0; t < 8; ++t) acc[j][t] += __shfl_xor_sync(0xffffffffu, acc[j][t], o);
         }
         if (j < g && sub == 0) {
-            const int h = kvh * g + j;
-            const size_t slot = ((size_t)s.row * p.n_heads + h) * p.max_splits + split;
+            const size_t slot = ((size_t)s.row * p.n_heads + kvh * g + j) * p.max_splits + split;
             float4* dst = reinterpret_cast<float4*>(p.part_acc + slot * D + e0);
             dst[0] = make_float4(acc[j][0], acc[j][1], acc[j][2], acc[j][3]);
             dst[1] = make_float4(acc[j][4], acc[j][5], acc[j][6], acc[j][7]);
-            if (part == 0) {
-                p.part_ml[2 * slot] = m[j] == NEG_INF ? NEG_INF : m[j] * LN2;
-                p.part_ml[2 * slot + 1] = l[j];
-            }
         }
+    }
+    if (head < g && sub == 0 && part == lane_of_head<G, LPK>(head)) {
+        const size_t slot = ((size_t)s.row * p.n_heads + kvh * g + head) * p.max_splits + split;
+        p.part_ml[2 * slot] = m == NEG_INF ? NEG_INF : m * LN2;
+        p.part_ml[2 * slot + 1] = l;
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256, 2) decode_partial_d64_g4(const DecodeParams p) { decode_partial<64, 4>(p); }
-extern "C" __global__ void __launch_bounds__(256, 1) decode_partial_d64_g8(const DecodeParams p) { decode_partial<64, 8>(p); }
-extern "C" __global__ void __launch_bounds__(256, 2) decode_partial_d128_g4(const DecodeParams p) { decode_partial<128, 4>(p); }
-extern "C" __global__ void __launch_bounds__(256, 1) decode_partial_d128_g8(const DecodeParams p) { decode_partial<128, 8>(p); }
+#define DECODE_INSTANCE(NAME, D, G, BLOCKS, RING)                                                       \
+    extern "C" __global__ void __launch_bounds__(256, BLOCKS) NAME(const DecodeParams p) { \
+        decode_partial<D, G, RING>(p);                                                     \
+    }
+DECODE_INSTANCE(decode_partial_d64_g4, 64, 4, 2, true)
+DECODE_INSTANCE(decode_partial_d64_g8, 64, 8, 1, true)
+DECODE_INSTANCE(decode_partial_d128_g4, 128, 4, 2, true)
+DECODE_INSTANCE(decode_partial_d128_g8, 128, 8, 1, true)
+DECODE_INSTANCE(decode_partial_d64_g4_rope_lookup, 64, 4, 2, false)
+DECODE_INSTANCE(decode_partial_d64_g8_rope_lookup, 64, 8, 1, false)
+DECODE_INSTANCE(decode_partial_d128_g4_rope_lookup, 128, 4, 2, false)
+DECODE_INSTANCE(decode_partial_d128_g8_rope_lookup, 128, 8, 1, false)

@@ -45,7 +45,19 @@ pub(crate) const MODULES: [(ModuleSource, &[&str]); 4] = [
         ],
     ),
     (ATTENTION, &["attn_prefill_tc_d64", "attn_prefill_tc_d128", "attn_combine"]),
-    (DECODE, &["decode_partial_d64_g4", "decode_partial_d64_g8", "decode_partial_d128_g4", "decode_partial_d128_g8"]),
+    (
+        DECODE,
+        &[
+            "decode_partial_d64_g4",
+            "decode_partial_d64_g8",
+            "decode_partial_d128_g4",
+            "decode_partial_d128_g8",
+            "decode_partial_d64_g4_rope_lookup",
+            "decode_partial_d64_g8_rope_lookup",
+            "decode_partial_d128_g4_rope_lookup",
+            "decode_partial_d128_g8_rope_lookup",
+        ],
+    ),
     (HIP, &["hip_pool_queries", "hip_stage_scores_c1", "hip_stage_scores_c4", "hip_topk"]),
 ];
 
@@ -62,9 +74,11 @@ mod tests {
     fn every_listed_kernel_is_defined_in_its_module() {
         for (module, kernels) in MODULES {
             for k in kernels {
-                // `extern "C" __global__ void [__launch_bounds__(…)] name(`, on one line or two.
+                // `extern "C" __global__ void [__launch_bounds__(…)] name(`, on one line or two,
+                // or an instance macro's `…_INSTANCE(name, …)`.
                 let defined = module.source.lines().any(|l| l.contains(&format!(" {k}(")) && l.contains("__global__"))
-                    || module.source.contains(&format!(")\n    {k}("));
+                    || module.source.contains(&format!(")\n    {k}("))
+                    || module.source.contains(&format!("_INSTANCE({k},"));
                 assert!(defined, "kernel {k} is not defined in module {}", module.name);
             }
         }

@@ -665,12 +665,19 @@ impl Gpu {
         max_splits: usize,
     ) -> Result<(), CudaError> {
         let g = shape.n_heads / shape.n_kv_heads.max(1);
-        let kernel = match (shape.head_dim, g) {
-            (64, 1..=4) => "decode_partial_d64_g4",
-            (64, 5..=8) => "decode_partial_d64_g8",
-            (128, 1..=4) => "decode_partial_d128_g4",
-            (128, 5..=8) => "decode_partial_d128_g8",
-            (d, g) => {
+        // Adjacent pairs in whole quads stage their cos/sin in the kernel's ring; other
+        // layouts look each key's RoPE row up when rotating it.
+        let ring_rope = shape.rope_adjacent && shape.rope_half.is_multiple_of(4);
+        let kernel = match (shape.head_dim, g, ring_rope) {
+            (64, 1..=4, true) => "decode_partial_d64_g4",
+            (64, 5..=8, true) => "decode_partial_d64_g8",
+            (128, 1..=4, true) => "decode_partial_d128_g4",
+            (128, 5..=8, true) => "decode_partial_d128_g8",
+            (64, 1..=4, false) => "decode_partial_d64_g4_rope_lookup",
+            (64, 5..=8, false) => "decode_partial_d64_g8_rope_lookup",
+            (128, 1..=4, false) => "decode_partial_d128_g4_rope_lookup",
+            (128, 5..=8, false) => "decode_partial_d128_g8_rope_lookup",
+            (d, g, _) => {
                 return Err(CudaError::Unsupported {
                     kernel: "decode_partial",
                     what: format!("head dimension {d} with {g} query heads per KV head (64/128 and 1..=8 are built)"),

@@ -2,10 +2,13 @@
 //!
 //! The GPU stores weights, activations and the KV cache in bf16 (DESIGN.md §3), so its logits
 //! sit further from the float64 reference than the CPU's f32 path (whose bar is 2e-2 absolute
-//! on the top-10 logits). The bars below come from measurement on an H100 (docs/CUDA.md):
-//! the worst top-10 logit error seen over every position of the fixture was ~0.2 and the
-//! relative error of full logit vectors ~5e-3; the bars leave about 2× headroom. Top-1 must
-//! agree wherever the reference's top-1/top-2 margin exceeds `TOP1_MARGIN`.
+//! on the top-10 logits). How far is measured by `bench/bf16_numerics.py`, which repeats each
+//! of the GPU's roundings in a NumPy forward pass: on the fixture's first three cases the bf16
+//! design lands 0.27–0.46 from the reference on the top-10 logits and 4e-3–1.9e-2 (relative)
+//! on the last position's, with no one rounding dominating; the H100 measured 0.55 and 1.9e-2.
+//! The bars below sit above those figures, so they catch a broken kernel (errors of whole
+//! logits) rather than rounding; top-1 must also agree wherever the reference's top-1/top-2
+//! margin exceeds `TOP1_MARGIN`.
 //!
 //! Without a CUDA device the tests print `skipped: no CUDA device` and pass
 //! (`INFINIHIP_REQUIRE_CUDA=1` makes that a failure). With one, the model file is required:
@@ -29,13 +32,13 @@ use infinihip_engine::kv::SeqKv;
 use infinihip_engine::model::llama::Llama;
 use infinihip_engine::{AttentionMode, Engine, EngineOptions, LogitsWanted, StepInput};
 
-const TOP10_TOLERANCE: f32 = 0.4;
-const REL_TOLERANCE: f64 = 1e-2;
+const TOP10_TOLERANCE: f32 = 0.75;
+/// One bf16 forward pass against the reference or the CPU (the emulated design reaches 1.9e-2).
+const REL_TOLERANCE: f64 = 3e-2;
 const TOP1_MARGIN: f32 = 0.5;
-/// HiP against dense on the GPU, where both read the same keys in a different order: bf16
-/// activations make such reorderings reach 3.8e-2 (H100, 21 steps), as dense decode against
-/// dense prefill does (5.4e-2).
-const HIP_REL_TOLERANCE: f64 = 6e-2;
+/// Two GPU paths over the same keys, each with its own bf16 rounding (decode against prefill,
+/// HiP against dense when both read every key): measured up to 5.4e-2 (H100, 21 steps).
+const TWO_PATHS_REL_TOLERANCE: f64 = 6e-2;
 /// HiP on the GPU against HiP on the CPU with pruning (masks may differ where scores nearly
 /// tie; measured at most 2.1e-2 over 13 steps on the H100).
 const HIP_PRUNED_REL_TOLERANCE: f64 = 5e-2;
@@ -75,6 +78,19 @@ fn check_position(what: &str, logits: &[f32], ref_ids: &[u32], ref_logits: &[f32
         assert_eq!(argmax(logits), ref_ids[0], "{what}: top-1 differs (reference margin {margin})");
     }
     worst
+}
+
+/// The gap between the largest and second-largest logit.
+fn top_margin(v: &[f32]) -> f32 {
+    let (mut a, mut b) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+    for &x in v {
+        if x > a {
+            (a, b) = (x, a);
+        } else if x > b {
+            b = x;
+        }
+    }
+    a - b
 }
 
 fn relative_error(a: &[f32], b: &[f32]) -> f64 {
@@ -160,13 +176,16 @@ fn gpu_decode_steps_equal_prefill_and_are_timed() {
         let one = engine.feed(&mut b, &[id], LogitsWanted::Last, &mut |_, _| {}).expect("decode");
         let want = &all[p * vocab..(p + 1) * vocab];
         worst = worst.max(relative_error(&one, want));
+        if top_margin(want) > TOP1_MARGIN {
+            assert_eq!(argmax(&one), argmax(want), "position {p}: decode and prefill pick different tokens");
+        }
     }
     let decode_ms = t1.elapsed().as_secs_f64() * 1e3 / 32.0;
     eprintln!(
         "timing: one 512-token prefill chunk (all logits copied back) {prefill_ms:.2} ms; one decode step at ~500 \
          tokens of context {decode_ms:.3} ms; decode vs prefill logits: worst relative difference {worst:.2e}"
     );
-    assert!(worst <= REL_TOLERANCE, "decode and prefill logits differ by {worst:.3e} (relative)");
+    assert!(worst <= TWO_PATHS_REL_TOLERANCE, "decode and prefill logits differ by {worst:.3e} (relative)");
 }
 
 #[test]
@@ -226,7 +245,7 @@ fn gpu_hip_equals_dense_when_the_context_fits_in_sink_window_and_k() {
     for (step, (d, h)) in dense.iter().zip(&hip).enumerate() {
         let rel = relative_error(h, d);
         eprintln!("step {step}: HiP vs dense logits relative error {rel:.2e}");
-        assert!(rel <= HIP_REL_TOLERANCE, "step {step}: HiP and dense logits differ by {rel:.3e} (relative)");
+        assert!(rel <= TWO_PATHS_REL_TOLERANCE, "step {step}: HiP and dense logits differ by {rel:.3e} (relative)");
         assert_eq!(argmax(h), argmax(d), "step {step}: HiP and dense pick different tokens");
     }
 }
@@ -261,5 +280,5 @@ fn gpu_hip_prunes_like_the_cpu() {
     gpu.release(&mut seq);
     let rel = relative_error(&stepped, &on_gpu[0]);
     eprintln!("sampled last token vs a decode step of it: relative error {rel:.2e}");
-    assert!(rel <= HIP_REL_TOLERANCE, "the prompt's last token and a decode step of it differ by {rel:.3e}");
+    assert!(rel <= TWO_PATHS_REL_TOLERANCE, "the prompt's last token and a decode step of it differ by {rel:.3e}");
 }
