@@ -9,16 +9,18 @@
 //! upload would take longer than the benchmark). The step's plan is uploaded once, outside the
 //! timed region, as the engine does once per step for all layers.
 //!
-//! HiP decode (`--hip-presets`, the knobs of `--hip-layer`) runs on the same KV: each step kind
-//! of the refresh schedule is timed on its own (refresh from stage 0, 1 or 2, then block-sparse
-//! attention; or attention with the cached mask), and the headline row averages them over one
-//! refresh cycle of the preset (DESIGN.md §4.4). HiP prefill runs on the GPU (`bench e2e` times
-//! it in the whole model) but has no per-layer rows here yet.
+//! HiP (`--hip-presets`, the knobs of `--hip-layer`) runs on the same KV and queries, built as
+//! the CUDA backend builds a step of one layer. Decode: each step kind of the refresh schedule
+//! is timed on its own (refresh from stage 0, 1 or 2, then block-sparse attention; or attention
+//! with the cached mask), and the headline row averages them over one refresh cycle of the
+//! preset (DESIGN.md §4.4). Prefill chunk: the chunk's query blocks of `b_q` each get a mask
+//! estimated afresh, then block-sparse attention; the headline row times both, the `pruning`
+//! and `attention` rows each part alone.
 //!
 //! Before anything is timed, every kernel is checked against the CPU oracle on fresh random
 //! inputs of a small size, in the same run: dense attention against
 //! `infinihip_core::hip::dense_causal_attention` (outputs poisoned with NaN first,
-//! ‖gpu − cpu‖ / ‖cpu‖ ≤ 1e-2 for bf16 storage), and HiP decode with
+//! ‖gpu − cpu‖ / ‖cpu‖ ≤ 1e-2 for bf16 storage), and HiP decode and prefill blocks with
 //! `infinihip_engine::hip_gpu::oracle_check` (masks equal to the CPU's at every stage).
 //!
 //! Timing: CUDA events around the kernels of one layer, L2 flushed before each repetition, the
@@ -36,11 +38,12 @@ use infinihip_core::hip::{first_stage_to_refresh, HipConfig};
 use infinihip_core::rope::{RopeConfig, RopeScaling, RopeStyle, RopeTable};
 use infinihip_cuda::attention::{DevicePlan, SeqDesc};
 use infinihip_cuda::hip::{HipInputs, HipSeq};
-use infinihip_cuda::ops::{AttnScratch, AttnShape, KvGeometry, StepMasks};
+use infinihip_cuda::ops::{AttnScratch, AttnShape, AttnStep, KvGeometry, StepMasks};
 use infinihip_cuda::oracle::{rel_err, SplitMix64, ORACLE_REL_TOL};
 use infinihip_cuda::timing::{median, Timer};
-use infinihip_cuda::{CudaSlice, Gpu};
-use infinihip_engine::hip_gpu::{hip_entry, masked_run, oracle_check, window_end, HipStages};
+use infinihip_cuda::{CudaError, CudaSlice, Gpu};
+use infinihip_engine::backend::SeqSlice;
+use infinihip_engine::hip_gpu::{block_entries, hip_entry, masked_run, oracle_check, window_end, HipStages};
 use serde::{Deserialize, Serialize};
 
 /// HBM bandwidth and bf16 tensor-core rate of the H100 the floors are quoted against
@@ -98,7 +101,8 @@ pub struct AttentionBenchArgs {
     /// Head shapes, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "llama8b,smollm2")]
     pub shapes: Vec<HeadShape>,
-    /// HiP presets timed for decode beside dense (`--hip-presets=` for dense only).
+    /// HiP presets timed beside dense, for decode and the prefill chunk (`--hip-presets=` for
+    /// dense only).
     #[arg(long, value_delimiter = ',', default_value = "default,flash", value_name = "LIST")]
     pub hip_presets: Vec<String>,
     /// The layer whose HiP knobs are timed (layers 0–2 use chunk-indexed pruning and k = 4096,
@@ -133,6 +137,18 @@ pub struct AttentionBenchArgs {
     /// Measure nothing: print the table of this earlier report (and write --plot), with no GPU.
     #[arg(long, value_name = "PATH", conflicts_with_all = ["merge", "json"])]
     pub from_json: Option<PathBuf>,
+}
+
+impl AttentionBenchArgs {
+    /// Untimed and timed runs of a case of `n_q` queries per sequence: `--warmup` and `--reps`
+    /// for decode, one and `--prefill-reps` for a prefill chunk.
+    fn reps_for(&self, n_q: usize) -> (usize, usize) {
+        if n_q == 1 {
+            (self.warmup, self.reps)
+        } else {
+            (1, self.prefill_reps.max(1))
+        }
+    }
 }
 
 /// One measurement.
@@ -180,6 +196,35 @@ impl Report {
     }
 }
 
+/// The case a row measures: phase, heads (H, Hkv, d), batch, keys and new queries per sequence.
+#[derive(Debug, Clone, Copy)]
+struct CaseId {
+    phase: &'static str,
+    heads: (usize, usize, usize),
+    batch: usize,
+    context: usize,
+    n_q: usize,
+}
+
+impl CaseId {
+    fn row(&self, method: &str, variant: Option<String>, latency_us: f64, floor_us: f64) -> Row {
+        let (h, hkv, d) = self.heads;
+        Row {
+            phase: self.phase.to_string(),
+            context: self.context,
+            batch: self.batch,
+            q_heads: h,
+            kv_heads: hkv,
+            head_dim: d,
+            method: method.to_string(),
+            latency_us,
+            queries: self.n_q,
+            variant,
+            floor_us: Some(floor_us),
+        }
+    }
+}
+
 /// Bytes dense attention must read (K and V of every sequence once, bf16) and the FLOPs of its
 /// two matrix products (2·d per query-key pair each), for `n_q` queries at the end of a causal
 /// context of `context` keys.
@@ -215,10 +260,20 @@ pub fn attention(args: &AttentionBenchArgs) -> Result<()> {
     for &shape in &args.shapes {
         check_dense(&gpu, shape, args.prefill_queries.clamp(1, 256))
             .with_context(|| format!("dense attention of {} shapes against the CPU oracle", shape.name()))?;
+        // Decode steps are blocks of one query; a prefill chunk's are of the presets' b_q.
+        let mut block_sizes: Vec<usize> = Vec::new();
         if !presets.is_empty() {
+            block_sizes.push(1);
+        }
+        if args.prefill_queries > 0 {
+            block_sizes.extend(presets.iter().map(|(_, cfg)| cfg.b_q));
+        }
+        block_sizes.sort_unstable();
+        block_sizes.dedup();
+        for n_q in block_sizes {
             let seed = clock_seed();
-            let lines = oracle_check(&gpu, seed, shape.heads(), args.hip_layer, &[40_000, 30_000], 1)
-                .map_err(|e| anyhow::anyhow!("HiP decode against the CPU oracle (seed {seed}): {e}"))?;
+            let lines = oracle_check(&gpu, seed, shape.heads(), args.hip_layer, &[40_000, 30_000], n_q)
+                .map_err(|e| anyhow::anyhow!("HiP blocks of {n_q} against the CPU oracle (seed {seed}): {e}"))?;
             eprintln!(
                 "  check {} (seed {seed}): {} checks passed; {}",
                 shape.name(),
@@ -230,6 +285,10 @@ pub fn attention(args: &AttentionBenchArgs) -> Result<()> {
 
     let mut timer = Timer::new(&gpu, 256 << 20)?;
     let mut rows = Vec::new();
+    let mut push = |row: Row| {
+        eprintln!("  {}", row_line(&row));
+        rows.push(row);
+    };
     for &shape in &args.shapes {
         let heads = shape.heads();
         let max_context = args.contexts.0.iter().copied().max().unwrap_or(0);
@@ -241,7 +300,14 @@ pub fn attention(args: &AttentionBenchArgs) -> Result<()> {
                     phases.push(("prefill_chunk", args.prefill_queries.min(context)));
                 }
                 for (phase, n_q) in phases {
-                    let need = DenseCase::bytes(shape, batch, context, n_q, info.multiprocessors);
+                    let id = CaseId { phase, heads, batch, context, n_q };
+                    // The HiP runs of the presets follow one another: the largest adds to dense.
+                    let hip_need = presets
+                        .iter()
+                        .map(|(_, cfg)| HipRun::bytes(cfg, args.hip_layer, id, info.multiprocessors))
+                        .max()
+                        .unwrap_or(0);
+                    let need = DenseCase::bytes(shape, batch, context, n_q, info.multiprocessors) + hip_need;
                     let free = gpu.free_memory_bytes()?;
                     if need + HEADROOM_BYTES > free {
                         eprintln!(
@@ -253,32 +319,11 @@ pub fn attention(args: &AttentionBenchArgs) -> Result<()> {
                         continue;
                     }
                     let mut case = DenseCase::filled(&gpu, shape, batch, context, n_q, 0x5eed ^ context as u64)?;
-                    let (warmup, reps) =
-                        if n_q == 1 { (args.warmup, args.reps) } else { (1, args.prefill_reps.max(1)) };
+                    let (warmup, reps) = args.reps_for(n_q);
                     let times = timer.time_us(&gpu, warmup, reps, || case.run(&gpu, &rope))?;
-                    let row = Row {
-                        phase: phase.to_string(),
-                        context,
-                        batch,
-                        q_heads: heads.0,
-                        kv_heads: heads.1,
-                        head_dim: heads.2,
-                        method: "dense".to_string(),
-                        latency_us: median(&times),
-                        queries: n_q,
-                        variant: None,
-                        floor_us: Some(dense_floor_us(batch, context, n_q, heads)),
-                    };
-                    eprintln!("  {}", row_line(&row));
-                    rows.push(row);
-                    if n_q == 1 {
-                        for (name, cfg) in &presets {
-                            for row in time_hip(&gpu, &mut timer, args, &case, &rope, shape, batch, context, name, cfg)?
-                            {
-                                eprintln!("  {}", row_line(&row));
-                                rows.push(row);
-                            }
-                        }
+                    push(id.row("dense", None, median(&times), dense_floor_us(batch, context, n_q, heads)));
+                    for preset in &presets {
+                        time_hip(&gpu, &mut timer, args, &case, &rope, id, preset)?.into_iter().for_each(&mut push);
                     }
                 }
             }
@@ -328,115 +373,238 @@ fn clock_seed() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |t| t.as_nanos() as u64)
 }
 
-/// Times HiP decode of preset `cfg` on the KV and queries of a dense decode case: the four step
-/// kinds (refresh from stage 0, 1 or 2, then block-sparse attention; or attention alone), and
-/// their mean over one refresh cycle of the preset's schedule (DESIGN.md §4.4). Rows: the
-/// amortised figure (no variant), then each step kind.
-#[allow(clippy::too_many_arguments)]
+/// Times HiP of `preset` (its name and config) on the KV and queries of dense case `id`, with the
+/// knobs of `--hip-layer`. Rows: the headline figure (no variant), then its parts, every one with
+/// the floor of the blocks' attention ([`hip_floor_us`]).
 fn time_hip(
     gpu: &Gpu,
     timer: &mut Timer,
     args: &AttentionBenchArgs,
     case: &DenseCase,
     rope: &DeviceRope,
-    shape: HeadShape,
-    batch: usize,
-    context: usize,
-    name: &str,
-    cfg: &HipConfig,
+    id: CaseId,
+    preset: &(String, HipConfig),
 ) -> Result<Vec<Row>> {
-    let (h, hkv, d) = shape.heads();
-    let pos = context - 1;
-    let pages = context.div_ceil(PAGE_SIZE);
-    let w = window_end(cfg, pos);
-    let layer = args.hip_layer;
-    let seqs: Vec<HipSeq> = (0..batch).map(|b| hip_entry(cfg, layer, b, pos, 1, b * pages, w)).collect();
-    let seqs_dev = gpu.upload(&seqs)?;
-    let attn_shape = rope.shape_of(shape.heads());
-    let inp = HipInputs {
-        store: &case.store,
-        geometry: case.geometry,
-        layer: 0,
-        q: &case.q,
-        page_ids: &case.page_ids,
-        seqs: &seqs_dev,
-        n_seqs: batch,
-        cos: &rope.cos,
-        sin: &rope.sin,
-        shape: attn_shape,
-        n_sink: cfg.n_sink,
-        n_window: cfg.n_window,
-        max_n_q: 1,
-    };
-    let mut cache = HipStages::new(gpu)?;
-    let runs: Vec<SeqDesc> = seqs.iter().enumerate().map(|(i, e)| masked_run(cfg, e, i)).collect();
-    let plan = DevicePlan::new(gpu, runs, batch, h, hkv, true, cfg.layer_params(layer).k)?;
-    let (acc, ml) = plan.scratch_len(h, d);
-    let mut scratch = AttnScratch { acc: gpu.alloc_zeros(acc)?, ml: gpu.alloc_zeros(ml)? };
-    let mut out = gpu.alloc_zeros::<bf16>(batch * h * d)?;
-    let n_layers = layer + 1;
-    cache.refresh(gpu, &inp, cfg, layer, n_layers, w, 0)?;
+    let (name, cfg) = preset;
+    let mut run = HipRun::new(gpu, case, rope, cfg, args.hip_layer, id)?;
+    let reps = args.reps_for(id.n_q);
+    let timed =
+        if id.n_q == 1 { hip_decode_times(&mut run, timer, reps)? } else { hip_prefill_times(&mut run, timer, reps)? };
+    let (method, floor) = (format!("hip-{name}"), hip_floor_us(cfg, run.layer, &run.entries, id.heads));
+    Ok(timed.into_iter().map(|(variant, us)| id.row(&method, variant, us, floor)).collect())
+}
+
+/// HiP decode: the four step kinds (refresh from stage 0, 1 or 2, then block-sparse attention;
+/// or attention alone with the cached mask), each on its own, after their mean over one refresh
+/// cycle of the preset's schedule (DESIGN.md §4.4).
+fn hip_decode_times(run: &mut HipRun, timer: &mut Timer, reps: (usize, usize)) -> Result<Vec<(Option<String>, f64)>> {
+    let cfg = run.cfg;
+    let n_stages = cfg.n_stages();
     // Step kinds: Some(s) refreshes stages s.. first; None attends with the cached mask.
-    let kinds: Vec<Option<usize>> = (0..cfg.n_stages()).map(Some).chain([None]).collect();
-    let mut kind_us = Vec::new();
-    for &from in &kinds {
-        let times = timer.time_us(gpu, args.warmup, args.reps, || {
-            if let Some(s) = from {
-                cache.refresh(gpu, &inp, cfg, layer, n_layers, w, s)?;
-            }
-            let masks = StepMasks { masks: cache.masks()?, n_masks: batch, block_k: cfg.block_k() };
-            let step = plan.step(&case.page_ids, Some(masks));
-            gpu.attention(
-                &case.store,
-                case.geometry,
-                0,
-                &case.q,
-                &step,
-                attn_shape,
-                &rope.cos,
-                &rope.sin,
-                &mut scratch,
-                &mut out,
-            )
-        })?;
-        kind_us.push(median(&times));
-    }
+    let kinds: Vec<Option<usize>> = (0..n_stages).map(Some).chain([None]).collect();
+    let kind_us = kinds.iter().map(|&from| run.time(timer, reps, from, true)).collect::<Result<Vec<f64>>>()?;
     let cycle = cfg.refresh.iter().fold(1u64, |a, &r| lcm(a, r as u64));
     let amortised = (0..cycle)
         .map(|step| match first_stage_to_refresh(&cfg.refresh, step) {
             Some(s) => kind_us[s],
-            None => kind_us[cfg.n_stages()],
+            None => kind_us[n_stages],
         })
         .sum::<f64>()
         / cycle as f64;
-    // Floor: the keys and values block-sparse attention must read (sink, k selected, window).
-    let tokens = cfg.n_sink.min(w) + cfg.layer_params(layer).k + (pos + 1 - w);
-    let floor = (batch * tokens * hkv * d * 2 * 2) as f64 / FLOOR_BYTES_PER_S * 1e6;
-    let method = format!("hip-{name}");
-    let row = |latency_us: f64, variant: Option<String>| Row {
-        phase: "decode".to_string(),
-        context,
-        batch,
-        q_heads: h,
-        kv_heads: hkv,
-        head_dim: d,
-        method: method.clone(),
-        latency_us,
-        queries: 1,
-        variant,
-        floor_us: Some(floor),
-    };
-    let mut rows = vec![row(amortised, None)];
-    for (from, us) in kinds.iter().zip(&kind_us) {
+    let mut timed = vec![(None, amortised)];
+    for (from, us) in kinds.iter().zip(kind_us) {
         let variant = match from {
             Some(0) => "refresh all stages".to_string(),
-            Some(s) if s + 1 == cfg.n_stages() => format!("refresh stage {s}"),
-            Some(s) => format!("refresh stages {s}-{}", cfg.n_stages() - 1),
+            Some(s) if s + 1 == n_stages => format!("refresh stage {s}"),
+            Some(s) => format!("refresh stages {s}-{}", n_stages - 1),
             None => "cached mask".to_string(),
         };
-        rows.push(row(*us, Some(variant)));
+        timed.push((Some(variant), us));
     }
-    Ok(rows)
+    Ok(timed)
+}
+
+/// A HiP prefill chunk, as the backend runs it: every block's mask estimated afresh (all
+/// stages), then block-sparse attention with the masks; then `pruning` and `attention` alone.
+fn hip_prefill_times(run: &mut HipRun, timer: &mut Timer, reps: (usize, usize)) -> Result<Vec<(Option<String>, f64)>> {
+    Ok(vec![
+        (None, run.time(timer, reps, Some(0), true)?),
+        (Some("pruning".to_string()), run.time(timer, reps, Some(0), false)?),
+        (Some("attention".to_string()), run.time(timer, reps, None, true)?),
+    ])
+}
+
+/// HiP on the KV and queries of a dense case, laid out as the CUDA backend lays out a step of
+/// one layer (`HipStepInputs::runs` in crates/engine/src/backend/cuda.rs): one pruning entry per
+/// query block, the stages refreshed for all blocks in one batch, and one masked run per block
+/// in the attention plan, reading the stages' masks in place. (The backend refreshes each
+/// sequence's blocks apart and copies their masks into the step's: the same work at batch 1,
+/// less one copy.) The store holds one layer (index 0); the knobs are those of `layer`, and
+/// stage outputs are strided for layers `0..=layer`.
+struct HipRun<'a> {
+    gpu: &'a Gpu,
+    case: &'a DenseCase,
+    rope: &'a DeviceRope,
+    cfg: &'a HipConfig,
+    layer: usize,
+    entries: Vec<HipSeq>,
+    entries_dev: CudaSlice<HipSeq>,
+    /// The pruning inputs' most queries per block.
+    max_n_q: usize,
+    max_window_end: usize,
+    stages: HipStages,
+    plan: DevicePlan,
+    scratch: AttnScratch,
+    out: CudaSlice<bf16>,
+}
+
+impl<'a> HipRun<'a> {
+    /// The pruning entries of case `id`'s query blocks, and the pruning inputs' `max_n_q`.
+    /// Decode: each sequence's query, as its decode cache enters it at a refresh from stage 0
+    /// (`GpuDecodeCache::step`). Prefill chunk: a chunk inside a prompt (its last token is not
+    /// sampled), cut into query blocks on the absolute grid of `b_q` (`block_entries`), with
+    /// the backend's `max_n_q` of `b_q`.
+    fn entries(cfg: &HipConfig, layer: usize, id: CaseId) -> (Vec<HipSeq>, usize) {
+        let pages = id.context.div_ceil(PAGE_SIZE);
+        let pos_start = id.context - id.n_q;
+        let mut entries = Vec::new();
+        for b in 0..id.batch {
+            let (row_start, page_start) = (b * id.n_q, b * pages);
+            if id.n_q == 1 {
+                let w = window_end(cfg, pos_start);
+                entries.push(hip_entry(cfg, layer, row_start, pos_start, 1, page_start, w));
+            } else {
+                let seq = SeqSlice {
+                    row_start,
+                    n_tokens: id.n_q,
+                    pos_start,
+                    page_start,
+                    page_end: page_start + pages,
+                    last_row_sampled: false,
+                };
+                entries.extend(block_entries(cfg, layer, &seq));
+            }
+        }
+        (entries, if id.n_q == 1 { 1 } else { cfg.b_q })
+    }
+
+    /// The attention runs of the blocks, block `i` reading mask `i`.
+    fn runs(cfg: &HipConfig, entries: &[HipSeq]) -> Vec<SeqDesc> {
+        entries.iter().enumerate().map(|(i, e)| masked_run(cfg, e, i)).collect()
+    }
+
+    /// Device memory a run takes beside its dense case, for the skip test: the output, the
+    /// attention partials and the pruning stages.
+    fn bytes(cfg: &HipConfig, layer: usize, id: CaseId, n_sms: usize) -> usize {
+        let (h, _, d) = id.heads;
+        let (entries, max_n_q) = Self::entries(cfg, layer, id);
+        let max_w = entries.iter().map(|e| e.window_end as usize).max().unwrap_or(0);
+        let n_rows = id.batch * id.n_q;
+        let runs = Self::runs(cfg, &entries);
+        n_rows * h * d * 2
+            + partials_bytes(&runs, n_rows, id.heads, n_sms, cfg.layer_params(layer).k)
+            + HipStages::device_bytes(cfg, layer, layer + 1, entries.len(), max_n_q, (h, d), max_w)
+    }
+
+    /// The run of preset `cfg` of `layer` on dense case `id`, its blocks' masks computed once
+    /// (for the steps that attend with them alone).
+    fn new(
+        gpu: &'a Gpu,
+        case: &'a DenseCase,
+        rope: &'a DeviceRope,
+        cfg: &'a HipConfig,
+        layer: usize,
+        id: CaseId,
+    ) -> Result<Self> {
+        let (h, hkv, d) = id.heads;
+        let (entries, max_n_q) = Self::entries(cfg, layer, id);
+        let runs = Self::runs(cfg, &entries);
+        let plan = DevicePlan::new(gpu, runs, id.batch * id.n_q, h, hkv, true, cfg.layer_params(layer).k)?;
+        let (acc, ml) = plan.scratch_len(h, d);
+        let mut run = Self {
+            gpu,
+            case,
+            rope,
+            cfg,
+            layer,
+            entries_dev: gpu.upload(&entries)?,
+            max_window_end: entries.iter().map(|e| e.window_end as usize).max().unwrap_or(0),
+            entries,
+            max_n_q,
+            stages: HipStages::new(gpu)?,
+            plan,
+            scratch: AttnScratch { acc: gpu.alloc_zeros(acc)?, ml: gpu.alloc_zeros(ml)? },
+            out: gpu.alloc_zeros(id.batch * id.n_q * h * d)?,
+        };
+        run.prune(0)?;
+        Ok(run)
+    }
+
+    /// Recomputes the blocks' pruning stages `from..`.
+    fn prune(&mut self, from: usize) -> Result<(), CudaError> {
+        let (case, rope, cfg) = (self.case, self.rope, self.cfg);
+        let inp = HipInputs {
+            store: &case.inputs.store,
+            geometry: case.inputs.geometry,
+            layer: 0,
+            q: &case.inputs.q,
+            page_ids: &case.inputs.page_ids,
+            seqs: &self.entries_dev,
+            n_seqs: self.entries.len(),
+            cos: &rope.cos,
+            sin: &rope.sin,
+            shape: rope.shape_of(case.inputs.heads),
+            n_sink: cfg.n_sink,
+            n_window: cfg.n_window,
+            max_n_q: self.max_n_q,
+        };
+        self.stages.refresh(self.gpu, &inp, cfg, self.layer, self.layer + 1, self.max_window_end, from)
+    }
+
+    /// Block-sparse attention of the blocks with their current masks.
+    fn attend(&mut self) -> Result<(), CudaError> {
+        let masks = StepMasks { masks: self.stages.masks()?, n_masks: self.entries.len(), block_k: self.cfg.block_k() };
+        let step = self.plan.step(&self.case.inputs.page_ids, Some(masks));
+        self.case.inputs.attend(self.gpu, self.rope, &step, &mut self.scratch, &mut self.out)
+    }
+
+    /// The median time of pruning from stage `from` (if any), then attention with the masks (if
+    /// `attend`), over `reps` = (untimed, timed) runs.
+    fn time(&mut self, timer: &mut Timer, reps: (usize, usize), from: Option<usize>, attend: bool) -> Result<f64> {
+        let gpu = self.gpu;
+        let times = timer.time_us(gpu, reps.0, reps.1, || {
+            if let Some(s) = from {
+                self.prune(s)?;
+            }
+            if attend {
+                self.attend()?;
+            }
+            Ok(())
+        })?;
+        Ok(median(&times))
+    }
+}
+
+/// The floor of block-sparse attention of the query blocks `entries` with the knobs of `layer`
+/// (DESIGN.md §4.1), heads (H, Hkv, d): the larger of the bytes each block must read, the K and V
+/// (bf16) of its sink, selected tokens and window up to its last query, over
+/// `FLOOR_BYTES_PER_S`, and the FLOPs of its queries, each over its own key list (4·d per key
+/// and head, as the dense floor), over `FLOOR_FLOPS_PER_S`. Decode is bound by the bytes; so is
+/// a chunk's 64-query block (its FLOPs floor is 64·(H/Hkv)·3/840 of the bytes one: 0.9 for
+/// Llama, 0.7 for SmolLM2), but larger `b_q` or GQA groups tip it. The pruning stages' reads are
+/// not counted: every row of a case, `pruning` included, carries this floor.
+fn hip_floor_us(cfg: &HipConfig, layer: usize, entries: &[HipSeq], (h, hkv, d): (usize, usize, usize)) -> f64 {
+    let k = cfg.layer_params(layer).k;
+    let (mut bytes, mut flops) = (0.0, 0.0);
+    for e in entries {
+        let (pos, n_q, w) = (e.pos as usize, e.n_q as usize, e.window_end as usize);
+        // Sink and selected tokens lie before w; query pos + t sees the window [w, pos + t].
+        let before = cfg.n_sink.min(w) + k.min(w.saturating_sub(cfg.n_sink));
+        bytes += ((before + pos + n_q - w) * hkv * d * 2 * 2) as f64;
+        let pairs = n_q * (before + pos + 1 - w) + n_q * (n_q - 1) / 2;
+        flops += 4.0 * pairs as f64 * (h * d) as f64;
+    }
+    (bytes / FLOOR_BYTES_PER_S).max(flops / FLOOR_FLOPS_PER_S) * 1e6
 }
 
 fn lcm(a: u64, b: u64) -> u64 {
@@ -501,14 +669,47 @@ impl DeviceRope {
     }
 }
 
-/// One dense attention case on the device: store, queries, plan, scratch and output.
-struct DenseCase {
+/// What one layer's attention reads on the device: the KV store, the queries and the pages.
+struct LayerInputs {
     heads: (usize, usize, usize),
     geometry: KvGeometry,
     store: CudaSlice<bf16>,
     q: CudaSlice<bf16>,
-    out: CudaSlice<bf16>,
     page_ids: CudaSlice<u32>,
+}
+
+impl LayerInputs {
+    /// Attention of the queries over the KV with `step` (dense or masked runs) into `out`.
+    fn attend(
+        &self,
+        gpu: &Gpu,
+        rope: &DeviceRope,
+        step: &AttnStep<'_>,
+        scratch: &mut AttnScratch,
+        out: &mut CudaSlice<bf16>,
+    ) -> Result<(), CudaError> {
+        let shape = rope.shape_of(self.heads);
+        gpu.attention(&self.store, self.geometry, 0, &self.q, step, shape, &rope.cos, &rope.sin, scratch, out)
+    }
+}
+
+/// Device bytes of the attention partials of a step of `runs` (`n_rows` rows, heads (H, Hkv,
+/// d)): f32 accumulators and (m, l) per head, row and split.
+fn partials_bytes(
+    runs: &[SeqDesc],
+    n_rows: usize,
+    (h, hkv, d): (usize, usize, usize),
+    n_sms: usize,
+    max_selected: usize,
+) -> usize {
+    let p = infinihip_cuda::attention::plan(runs, n_rows, h, hkv, n_sms, true, max_selected);
+    n_rows * h * p.max_splits * (d + 2) * 4
+}
+
+/// One dense attention case on the device: its inputs, plan, scratch and output.
+struct DenseCase {
+    inputs: LayerInputs,
+    out: CudaSlice<bf16>,
     plan: DevicePlan,
     n_rows: usize,
     scratch: AttnScratch,
@@ -533,19 +734,18 @@ impl DenseCase {
 
     /// Device memory a case takes, for the skip test.
     fn bytes(shape: HeadShape, batch: usize, context: usize, n_q: usize, n_sms: usize) -> usize {
-        let (h, hkv, d) = shape.heads();
+        let (h, _, d) = shape.heads();
         let (geometry, seqs) = Self::layout(shape, batch, context, n_q);
         let rows = batch * n_q;
-        let p = infinihip_cuda::attention::plan(&seqs, rows, h, hkv, n_sms, true, 0);
-        geometry.total_elems() * 2 + rows * h * d * 4 + rows * h * p.max_splits * (d + 2) * 4
+        geometry.total_elems() * 2 + rows * h * d * 4 + partials_bytes(&seqs, rows, shape.heads(), n_sms, 0)
     }
 
     /// A case whose KV and queries are uniform in ±1 from `seed`, filled on the device.
     fn filled(gpu: &Gpu, shape: HeadShape, batch: usize, context: usize, n_q: usize, seed: u64) -> Result<Self> {
         let mut case = Self::empty(gpu, shape, batch, context, n_q)?;
-        let (store_len, q_len) = (case.geometry.total_elems(), case.n_rows * shape.heads().0 * shape.heads().2);
-        gpu.fill_uniform(&mut case.store, store_len, seed, -1.0, 1.0)?;
-        gpu.fill_uniform(&mut case.q, q_len, seed ^ 0xabcdef, -1.0, 1.0)?;
+        let (store_len, q_len) = (case.inputs.geometry.total_elems(), case.n_rows * shape.heads().0 * shape.heads().2);
+        gpu.fill_uniform(&mut case.inputs.store, store_len, seed, -1.0, 1.0)?;
+        gpu.fill_uniform(&mut case.inputs.q, q_len, seed ^ 0xabcdef, -1.0, 1.0)?;
         Ok(case)
     }
 
@@ -558,33 +758,23 @@ impl DenseCase {
         let page_ids: Vec<u32> = (0..geometry.capacity_pages as u32).collect();
         let (acc, ml) = plan.scratch_len(h, d);
         Ok(Self {
-            heads,
-            geometry,
-            store: gpu.alloc_zeros(geometry.total_elems())?,
-            q: gpu.alloc_zeros(n_rows * h * d)?,
+            inputs: LayerInputs {
+                heads,
+                geometry,
+                store: gpu.alloc_zeros(geometry.total_elems())?,
+                q: gpu.alloc_zeros(n_rows * h * d)?,
+                page_ids: gpu.upload(&page_ids)?,
+            },
             out: gpu.alloc_zeros(n_rows * h * d)?,
-            page_ids: gpu.upload(&page_ids)?,
             plan,
             n_rows,
             scratch: AttnScratch { acc: gpu.alloc_zeros(acc)?, ml: gpu.alloc_zeros(ml)? },
         })
     }
 
-    fn run(&mut self, gpu: &Gpu, rope: &DeviceRope) -> Result<(), infinihip_cuda::CudaError> {
-        let step = self.plan.step(&self.page_ids, None);
-        let shape = rope.shape_of(self.heads);
-        gpu.attention(
-            &self.store,
-            self.geometry,
-            0,
-            &self.q,
-            &step,
-            shape,
-            &rope.cos,
-            &rope.sin,
-            &mut self.scratch,
-            &mut self.out,
-        )
+    fn run(&mut self, gpu: &Gpu, rope: &DeviceRope) -> Result<(), CudaError> {
+        let step = self.plan.step(&self.inputs.page_ids, None);
+        self.inputs.attend(gpu, rope, &step, &mut self.scratch, &mut self.out)
     }
 }
 
@@ -601,10 +791,10 @@ fn check_dense(gpu: &Gpu, shape: HeadShape, n_q: usize) -> Result<()> {
     for (batch, n_q) in [(2, 1), (1, n_q)] {
         let mut case = DenseCase::empty(gpu, shape, batch, context, n_q)?;
         // Host store in the device layout [page][K|V][slot][Hkv][d] (one layer).
-        let store: Vec<bf16> = (0..case.geometry.total_elems()).map(|_| rng.signed_bf16()).collect();
+        let store: Vec<bf16> = (0..case.inputs.geometry.total_elems()).map(|_| rng.signed_bf16()).collect();
         let q: Vec<bf16> = (0..case.n_rows * h * d).map(|_| rng.signed_bf16()).collect();
-        gpu.upload_into(&store, &mut case.store)?;
-        gpu.upload_into(&q, &mut case.q)?;
+        gpu.upload_into(&store, &mut case.inputs.store)?;
+        gpu.upload_into(&q, &mut case.inputs.q)?;
         gpu.upload_into(&vec![bf16::NAN; q.len()], &mut case.out)?;
         case.run(gpu, &rope)?;
         let got: Vec<f32> = gpu.download(&case.out, q.len())?.iter().map(|x| x.to_f32()).collect();
@@ -892,6 +1082,39 @@ mod tests {
         // A 32K chunk against 1M keys is compute-bound: 4·32768·(1M − 16K)·4096 FLOPs.
         let f = dense_floor_us(1, 1 << 20, 32768, (32, 8, 128));
         assert!((f / 1e3 - 659.7).abs() < 0.1, "{f}");
+    }
+
+    #[test]
+    fn the_hip_floor_counts_each_block_s_sink_selection_and_window() {
+        let cfg = HipConfig::default();
+        let heads = (32, 8, 128);
+        let case = |phase, n_q| CaseId { phase, heads, batch: 1, context: 1 << 20, n_q };
+        // Decode: 256 + 2048 + 1024 keys of 8 heads × 128 × (K, V) × 2 bytes, at 3 TB/s.
+        let (entries, max_n_q) = HipRun::entries(&cfg, 3, case("decode", 1));
+        assert_eq!((entries.len(), max_n_q), (1, 1));
+        let f = hip_floor_us(&cfg, 3, &entries, heads);
+        assert!((f - 3328.0 * 4096.0 / 3e6).abs() < 1e-6, "{f}");
+        // A 1024-query chunk: 16 blocks of 64 on the grid, each reading 1,087 window keys; the
+        // bytes (74.1 µs) outweigh the FLOPs (67.1 µs).
+        let (entries, max_n_q) = HipRun::entries(&cfg, 3, case("prefill_chunk", 1024));
+        assert_eq!((entries.len(), max_n_q), (16, 64));
+        assert!(entries.iter().enumerate().all(|(i, e)| e.row == 64 * i as i32 && e.n_q == 64));
+        assert_eq!(entries[0].pos as usize, (1 << 20) - 1024);
+        let f = hip_floor_us(&cfg, 3, &entries, heads);
+        assert!((f - 16.0 * 3391.0 * 4096.0 / 3e6).abs() < 1e-6, "{f}");
+    }
+
+    #[test]
+    fn hip_prefill_needs_little_memory_beside_dense() {
+        // 1,024 queries against 3M keys, Llama heads, on 132 SMs: HiP's output, partials and
+        // pruning buffers are tens of MiB, beside a 12 GiB KV store.
+        let id = CaseId { phase: "prefill_chunk", heads: (32, 8, 128), batch: 1, context: 3 << 20, n_q: 1024 };
+        for name in ["default", "flash"] {
+            let cfg = HipConfig::preset(name).unwrap();
+            let hip = HipRun::bytes(&cfg, 3, id, 132);
+            let dense = DenseCase::bytes(HeadShape::Llama8b, 1, 3 << 20, 1024, 132);
+            assert!(hip < 64 << 20 && hip < dense / 100, "{hip} B beside {dense} B");
+        }
     }
 
     #[test]

@@ -21,6 +21,8 @@ use infinihip_cuda::ops::{AttnScratch, AttnShape, KvGeometry, StepMasks};
 use infinihip_cuda::oracle::{rel_err, SplitMix64, ORACLE_REL_TOL};
 use infinihip_cuda::{bf16, CudaError, CudaSlice, Gpu};
 
+use crate::backend::SeqSlice;
+
 fn strategy(rope: PruningRope) -> PruningStrategy {
     match rope {
         PruningRope::Relative => PruningStrategy::Relative,
@@ -77,6 +79,50 @@ pub fn stage_stride(cfg: &HipConfig, s: usize, n_layers: usize) -> usize {
     (0..n_layers.max(1)).map(|l| cfg.stage_budget(s, l) / cfg.chunk_sizes[s]).max().unwrap_or(0).max(1)
 }
 
+/// What [`HipStages::refresh`] needs for `n` blocks of up to `max_n_q` queries of `layer`,
+/// `heads` = (H, d), window ends at most `max_window_end`: each stage's most candidates per
+/// block, and the scratch's candidates and scoring-row values.
+fn scratch_sizes(
+    cfg: &HipConfig,
+    layer: usize,
+    n: usize,
+    max_n_q: usize,
+    (n_heads, head_dim): (usize, usize),
+    max_window_end: usize,
+) -> (Vec<usize>, usize, usize) {
+    let max_cand: Vec<usize> = cfg
+        .chunk_sizes
+        .iter()
+        .enumerate()
+        .map(|(s, &l_c)| {
+            let cand = match s {
+                0 => max_window_end.saturating_sub(cfg.n_sink).div_ceil(l_c),
+                _ => (cfg.stage_budget(s - 1, layer) / cfg.chunk_sizes[s - 1]) * (cfg.chunk_sizes[s - 1] / l_c),
+            };
+            cand.max(1)
+        })
+        .collect();
+    // The stage that averages the fewest queries has the most scoring rows.
+    let min_qg = cfg.query_group.iter().copied().min().unwrap_or(1).max(1);
+    let rows = scoring_row_values(n, max_n_q, min_qg, n_heads, head_dim);
+    let candidates = n * max_cand.iter().copied().max().unwrap_or(1);
+    (max_cand, candidates, rows)
+}
+
+/// The pruning entries of the query blocks of `seq`'s step (`SeqSlice::hip_query_blocks` with
+/// the config's `b_q`), each with the window end of its first query: a prefill chunk's blocks,
+/// whose masks are estimated afresh. The token that gets a decode step's mask is not among them.
+pub fn block_entries(cfg: &HipConfig, layer: usize, seq: &SeqSlice) -> Vec<HipSeq> {
+    let (blocks, _) = seq.hip_query_blocks(cfg.b_q);
+    blocks
+        .iter()
+        .map(|r| {
+            let pos = seq.pos_start + r.start;
+            hip_entry(cfg, layer, seq.row_start + r.start, pos, r.len(), seq.page_start, window_end(cfg, pos))
+        })
+        .collect()
+}
+
 /// The pruning stages' outputs of a batch of query blocks of one layer, on the device, with
 /// their scratch. Outputs grow to the batch and are kept between calls, so a decode cache can
 /// recompute only its later stages.
@@ -129,18 +175,9 @@ impl HipStages {
                 .map(|s| StageOutput::new(gpu, n.next_power_of_two(), stage_stride(cfg, s, n_layers)))
                 .collect::<Result<_, _>>()?;
         }
-        let mut max_cand = Vec::with_capacity(n_stages);
-        for (s, &l_c) in cfg.chunk_sizes.iter().enumerate() {
-            let cand = match s {
-                0 => max_window_end.saturating_sub(cfg.n_sink).div_ceil(l_c),
-                _ => (cfg.stage_budget(s - 1, layer) / cfg.chunk_sizes[s - 1]) * (cfg.chunk_sizes[s - 1] / l_c),
-            };
-            max_cand.push(cand.max(1));
-        }
-        // The stage that averages the fewest queries has the most scoring rows.
-        let min_qg = cfg.query_group.iter().copied().min().unwrap_or(1).max(1);
-        let rows = scoring_row_values(n, inp.max_n_q, min_qg, inp.shape.n_heads, inp.shape.head_dim);
-        self.scratch.ensure(gpu, n * max_cand.iter().copied().max().unwrap_or(1), rows)?;
+        let heads = (inp.shape.n_heads, inp.shape.head_dim);
+        let (max_cand, candidates, rows) = scratch_sizes(cfg, layer, n, inp.max_n_q, heads, max_window_end);
+        self.scratch.ensure(gpu, candidates, rows)?;
         for s in from..n_stages {
             let l_c = cfg.chunk_sizes[s];
             let (before, rest) = self.stages.split_at_mut(s);
@@ -154,6 +191,25 @@ impl HipStages {
             gpu.hip_stage(inp, &stage, &mut self.scratch, &mut rest[0])?;
         }
         Ok(())
+    }
+
+    /// Device bytes that [`refresh`](Self::refresh) grows a fresh `HipStages` to for `n` blocks
+    /// of up to `max_n_q` queries of `layer` (outputs strided for `n_layers` layers), `heads` =
+    /// (H, d), window ends at most `max_window_end`: for callers that check memory first.
+    pub fn device_bytes(
+        cfg: &HipConfig,
+        layer: usize,
+        n_layers: usize,
+        n: usize,
+        max_n_q: usize,
+        heads: (usize, usize),
+        max_window_end: usize,
+    ) -> usize {
+        let (_, candidates, rows) = scratch_sizes(cfg, layer, n, max_n_q, heads, max_window_end);
+        let outputs: usize =
+            (0..cfg.n_stages()).map(|s| n.next_power_of_two() * (stage_stride(cfg, s, n_layers) + 2)).sum();
+        // i32 starts and counts; a u64 rank key and an i32 start per candidate; f32 rows.
+        4 * outputs + 12 * candidates.next_power_of_two() + 4 * rows.next_power_of_two()
     }
 
     /// The output of stage `s`: kept starts `[block][stride]` and counts `[block][2]`.
