@@ -328,7 +328,9 @@ __device__ __forceinline__ void decode_partial(const DecodeParams& p) {
 #pragma unroll
             for (int u = 0; u < 8; ++u) dots[j] += q[j][u] * kx[u];
         }
-        const float sc = valid ? reduce_heads<G, LPK>(dots, part) : NEG_INF;
+        // Every lane takes part in the exchange (its shuffles name the whole warp), valid or not.
+        const float dot = reduce_heads<G, LPK>(dots, part);
+        const float sc = valid ? dot : NEG_INF;
         float tmax = sc;
 #pragma unroll
         for (int o = LPK; o < 32; o <<= 1) tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, o));

@@ -32,7 +32,7 @@ use rayon::prelude::*;
 
 use super::{AttentionShape, Backend, BatchPlan, TensorRef};
 use crate::error::EngineError;
-use crate::hip_gpu::{hip_entry, masked_run, stage_stride, window_end, GpuDecodeCache, HipStages};
+use crate::hip_gpu::{block_entries, masked_run, stage_stride, GpuDecodeCache, HipStages};
 use crate::hip_state::HipSeqState;
 use crate::kv::KvLayout;
 
@@ -746,23 +746,8 @@ impl HipStepInputs<'_> {
                 continue;
             };
             let cfg = state.config().clone();
-            let (blocks, single) = seq.hip_query_blocks(cfg.b_q);
-            if !blocks.is_empty() {
-                let entries: Vec<HipSeq> = blocks
-                    .iter()
-                    .map(|r| {
-                        let pos = seq.pos_start + r.start;
-                        hip_entry(
-                            &cfg,
-                            self.layer,
-                            seq.row_start + r.start,
-                            pos,
-                            r.len(),
-                            seq.page_start,
-                            window_end(&cfg, pos),
-                        )
-                    })
-                    .collect();
+            let entries = block_entries(&cfg, self.layer, seq);
+            if !entries.is_empty() {
                 if h.entries.len() < entries.len() {
                     h.entries = gpu.upload(&vec![HipSeq::default(); entries.len().next_power_of_two()])?;
                 }
@@ -774,7 +759,7 @@ impl HipStepInputs<'_> {
                 runs.extend(entries.iter().enumerate().map(|(i, e)| masked_run(&cfg, e, next_mask + i)));
                 next_mask += entries.len();
             }
-            if let Some(t) = single {
+            if let (_, Some(t)) = seq.hip_query_blocks(cfg.b_q) {
                 let slot = state.gpu_layer_mut(self.layer);
                 if slot.is_none() {
                     *slot = Some(GpuDecodeCache::new(gpu)?);
