@@ -91,7 +91,8 @@ __device__ __forceinline__ void pair_of(int i, int rope_half, int adjacent, int&
 // attn_prefill_tc_d{D}: the prefill work items (64 flat rows of one run, one split of its key
 // list, one KV head) on tensor cores, flash-attention 2 style. The queries (rotated, scaled by
 // scale·log2 e) and each tile of KT keys (gathered through `key_position`, rotated at their RoPE
-// positions) are rounded to f16 in shared memory; V is stored transposed. f16, not bf16: its 3
+// positions) are rounded to f16 in shared memory, K and V rows moved 16 bytes a load and K
+// rotated in place; the P·V fragments of V come through ldmatrix.trans. f16, not bf16: its 3
 // more mantissa bits round the rotated Q and K and the weights P 8× more finely (scores are
 // q·k/√d ≲ 10² and values bf16 activations, far inside f16's range). With bf16 operands the
 // default model's greedy answer to "What is the capital of France?" went wrong on the H100;
@@ -116,19 +117,40 @@ __device__ __forceinline__ unsigned pack_f16(float lo, float hi) {
     return *reinterpret_cast<const unsigned*>(&v);
 }
 
+// 8 bf16 values as 8 f16 (exact for the magnitudes of activations: f16 has 3 more mantissa
+// bits, and a narrower range that keys and values stay far inside).
+__device__ __forceinline__ uint4 bf16x8_to_f16x8(const uint4 raw) {
+    const __nv_bfloat162* in = reinterpret_cast<const __nv_bfloat162*>(&raw);
+    uint4 out;
+    unsigned* o = reinterpret_cast<unsigned*>(&out);
+#pragma unroll
+    for (int t = 0; t < 4; ++t) {
+        const float2 f = __bfloat1622float2(in[t]);
+        o[t] = pack_f16(f.x, f.y);
+    }
+    return out;
+}
+
+// The B fragment of mma m16n8k16 for k-rows row0..row0 + 16 (keys) and n-columns col..col + 8
+// of a row-major [k][n] f16 matrix in shared memory (V as [key][d]): ldmatrix transposes the
+// two 8×8 blocks on the way, lanes 0–15 naming the 16 rows.
+__device__ __forceinline__ void ldmatrix_x2_trans(unsigned& b0, unsigned& b1, const __half* row) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n" : "=r"(b0), "=r"(b1) : "r"(a));
+}
+
 template <int D>
 __device__ __forceinline__ void attn_prefill_tc(const AttnParams& p) {
     constexpr int ROWS = 64, THREADS = 128;
     constexpr int KT = D == 64 ? 64 : 32;  // keys per tile (shared memory stays under 48 KiB)
     constexpr int DP = D + 8;              // padded row: 16-byte aligned, fewer bank conflicts
-    constexpr int KP = KT + 8;
     constexpr int NT = KT / 8;             // n-tiles of S per warp
     constexpr int DT = D / 8;              // n-tiles of O per warp
     constexpr float LOG2E = 1.4426950408889634f;
     constexpr float LN2 = 0.6931471805599453f;
     __shared__ __align__(16) __half sQ[ROWS][DP];
     __shared__ __align__(16) __half sK[KT][DP];
-    __shared__ __align__(16) __half sVt[D][KP];
+    __shared__ __align__(16) __half sV[KT][DP];
     __shared__ int sPos[KT];
     __shared__ int sRope[KT];
     __shared__ int sQpos[ROWS];
@@ -195,33 +217,34 @@ __device__ __forceinline__ void attn_prefill_tc(const AttnParams& p) {
             sRope[j] = s.rope_streaming ? v + rope_off : kp;
         }
         __syncthreads();
-        for (int task = threadIdx.x; task < KT * (D / 2); task += THREADS) {
-            const int j = task / (D / 2), i = task % (D / 2);
+        // K and V rows, 16 bytes a task, as f16 (exact from bf16), K un-rotated.
+        for (int task = threadIdx.x; task < KT * (D / 8); task += THREADS) {
+            const int j = task / (D / 8), e0 = task % (D / 8) * 8;
             const int kp = sPos[j];
-            int a, b;
-            pair_of(i, p.rope_half, p.rope_adjacent, a, b);
-            float ka = 0.f, kb = 0.f, va = 0.f, vb = 0.f;
+            uint4 k8 = make_uint4(0u, 0u, 0u, 0u), v8 = k8;
             if (kp >= 0) {
                 const size_t page = p.page_ids[s.page_start + kp / p.page_size];
-                const bf16* k_row =
-                    p.kv + page * page_elems + (2 * (size_t)p.layer) * layer_page + (size_t)(kp % p.page_size) * width + (size_t)kvh * D;
-                const bf16* v_row = k_row + layer_page;
-                ka = to_f32(k_row[a]);
-                kb = to_f32(k_row[b]);
-                va = to_f32(v_row[a]);
-                vb = to_f32(v_row[b]);
-                if (i < p.rope_half) {
-                    const size_t rp = (size_t)sRope[j] * p.rope_half + i;
-                    const float cs = p.cos[rp], sn = p.sin[rp];
-                    const float ya = ka * cs - kb * sn, yb = ka * sn + kb * cs;
-                    ka = ya;
-                    kb = yb;
-                }
+                const bf16* k_row = p.kv + page * page_elems + (2 * (size_t)p.layer) * layer_page +
+                                    (size_t)(kp % p.page_size) * width + (size_t)kvh * D + e0;
+                k8 = *reinterpret_cast<const uint4*>(k_row);
+                v8 = *reinterpret_cast<const uint4*>(k_row + layer_page);
             }
-            sK[j][a] = __float2half_rn(ka);
-            sK[j][b] = __float2half_rn(kb);
-            sVt[a][j] = __float2half_rn(va);
-            sVt[b][j] = __float2half_rn(vb);
+            *reinterpret_cast<uint4*>(&sK[j][e0]) = bf16x8_to_f16x8(k8);
+            *reinterpret_cast<uint4*>(&sV[j][e0]) = bf16x8_to_f16x8(v8);
+        }
+        __syncthreads();
+        // RoPE on K in shared memory: a warp per key, a lane per rotated pair.
+        for (int j = warp; j < KT; j += THREADS / 32) {
+            if (sPos[j] < 0) continue;
+            const size_t row = (size_t)sRope[j] * p.rope_half;
+            for (int i = lane; i < p.rope_half; i += 32) {
+                int a, b;
+                pair_of(i, p.rope_half, p.rope_adjacent, a, b);
+                const float cs = __ldg(p.cos + row + i), sn = __ldg(p.sin + row + i);
+                const float ka = __half2float(sK[j][a]), kb = __half2float(sK[j][b]);
+                sK[j][a] = __float2half_rn(ka * cs - kb * sn);
+                sK[j][b] = __float2half_rn(ka * sn + kb * cs);
+            }
         }
         __syncthreads();
         if (tile == c.k0) {
@@ -301,8 +324,8 @@ __device__ __forceinline__ void attn_prefill_tc(const AttnParams& p) {
                                     pack_f16(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
 #pragma unroll
             for (int j = 0; j < DT; ++j) {
-                const unsigned b0 = *reinterpret_cast<const unsigned*>(&sVt[j * 8 + quad][kk * 16 + 2 * tq]);
-                const unsigned b1 = *reinterpret_cast<const unsigned*>(&sVt[j * 8 + quad][kk * 16 + 8 + 2 * tq]);
+                unsigned b0, b1;
+                ldmatrix_x2_trans(b0, b1, &sV[kk * 16 + lane % 16][j * 8]);
                 mma_f16_16816(o[j], pa, b0, b1);
             }
         }
