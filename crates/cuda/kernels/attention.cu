@@ -117,16 +117,18 @@ __device__ __forceinline__ unsigned pack_f16(float lo, float hi) {
     return *reinterpret_cast<const unsigned*>(&v);
 }
 
-// 8 bf16 values as 8 f16 (exact for the magnitudes of activations: f16 has 3 more mantissa
-// bits, and a narrower range that keys and values stay far inside).
-__device__ __forceinline__ uint4 bf16x8_to_f16x8(const uint4 raw) {
+// 8 bf16 values as 8 f16, their 4 adjacent pairs rotated by (cos, sin) (1, 0: unrotated).
+// bf16 → f16 is exact for the magnitudes of activations (f16 has 3 more mantissa bits, and a
+// narrower range that keys and values stay far inside); a rotated value rounds once.
+__device__ __forceinline__ uint4 bf16x8_to_f16x8(const uint4 raw, const float4 cs, const float4 sn) {
     const __nv_bfloat162* in = reinterpret_cast<const __nv_bfloat162*>(&raw);
+    const float c[4] = {cs.x, cs.y, cs.z, cs.w}, s[4] = {sn.x, sn.y, sn.z, sn.w};
     uint4 out;
     unsigned* o = reinterpret_cast<unsigned*>(&out);
 #pragma unroll
     for (int t = 0; t < 4; ++t) {
         const float2 f = __bfloat1622float2(in[t]);
-        o[t] = pack_f16(f.x, f.y);
+        o[t] = pack_f16(f.x * c[t] - f.y * s[t], f.x * s[t] + f.y * c[t]);
     }
     return out;
 }
@@ -217,36 +219,49 @@ __device__ __forceinline__ void attn_prefill_tc(const AttnParams& p) {
             sRope[j] = s.rope_streaming ? v + rope_off : kp;
         }
         __syncthreads();
-        // K and V rows, 16 bytes a task, as f16 (exact from bf16), K un-rotated.
+        // K and V rows, 16 bytes a task, as f16 (exact from bf16). Adjacent RoPE pairs in whole
+        // quads (rope_half % 4 == 0) rotate here, the lane's cos/sin loaded beside its K so that
+        // all of a thread's loads are in flight together; other layouts rotate in shared memory
+        // below.
+        const bool rotate_in_loader = p.rope_adjacent && p.rope_half % 4 == 0;
+#pragma unroll
         for (int task = threadIdx.x; task < KT * (D / 8); task += THREADS) {
             const int j = task / (D / 8), e0 = task % (D / 8) * 8;
             const int kp = sPos[j];
             uint4 k8 = make_uint4(0u, 0u, 0u, 0u), v8 = k8;
+            float4 cs = make_float4(1.f, 1.f, 1.f, 1.f), sn = make_float4(0.f, 0.f, 0.f, 0.f);
             if (kp >= 0) {
                 const size_t page = p.page_ids[s.page_start + kp / p.page_size];
                 const bf16* k_row = p.kv + page * page_elems + (2 * (size_t)p.layer) * layer_page +
                                     (size_t)(kp % p.page_size) * width + (size_t)kvh * D + e0;
                 k8 = *reinterpret_cast<const uint4*>(k_row);
                 v8 = *reinterpret_cast<const uint4*>(k_row + layer_page);
+                if (rotate_in_loader && e0 / 2 < p.rope_half) {
+                    const size_t at = (size_t)sRope[j] * p.rope_half + e0 / 2;
+                    cs = __ldg(reinterpret_cast<const float4*>(p.cos + at));
+                    sn = __ldg(reinterpret_cast<const float4*>(p.sin + at));
+                }
             }
-            *reinterpret_cast<uint4*>(&sK[j][e0]) = bf16x8_to_f16x8(k8);
-            *reinterpret_cast<uint4*>(&sV[j][e0]) = bf16x8_to_f16x8(v8);
+            *reinterpret_cast<uint4*>(&sK[j][e0]) = bf16x8_to_f16x8(k8, cs, sn);
+            *reinterpret_cast<uint4*>(&sV[j][e0]) = bf16x8_to_f16x8(v8, make_float4(1.f, 1.f, 1.f, 1.f), make_float4(0.f, 0.f, 0.f, 0.f));
         }
         __syncthreads();
-        // RoPE on K in shared memory: a warp per key, a lane per rotated pair.
-        for (int j = warp; j < KT; j += THREADS / 32) {
-            if (sPos[j] < 0) continue;
-            const size_t row = (size_t)sRope[j] * p.rope_half;
-            for (int i = lane; i < p.rope_half; i += 32) {
-                int a, b;
-                pair_of(i, p.rope_half, p.rope_adjacent, a, b);
-                const float cs = __ldg(p.cos + row + i), sn = __ldg(p.sin + row + i);
-                const float ka = __half2float(sK[j][a]), kb = __half2float(sK[j][b]);
-                sK[j][a] = __float2half_rn(ka * cs - kb * sn);
-                sK[j][b] = __float2half_rn(ka * sn + kb * cs);
+        if (!rotate_in_loader) {
+            // RoPE on K in shared memory: a warp per key, a lane per rotated pair.
+            for (int j = warp; j < KT; j += THREADS / 32) {
+                if (sPos[j] < 0) continue;
+                const size_t row = (size_t)sRope[j] * p.rope_half;
+                for (int i = lane; i < p.rope_half; i += 32) {
+                    int a, b;
+                    pair_of(i, p.rope_half, p.rope_adjacent, a, b);
+                    const float c = __ldg(p.cos + row + i), sv = __ldg(p.sin + row + i);
+                    const float ka = __half2float(sK[j][a]), kb = __half2float(sK[j][b]);
+                    sK[j][a] = __float2half_rn(ka * c - kb * sv);
+                    sK[j][b] = __float2half_rn(ka * sv + kb * c);
+                }
             }
+            __syncthreads();
         }
-        __syncthreads();
         if (tile == c.k0) {
 #pragma unroll
             for (int kk = 0; kk < D / 16; ++kk) {
