@@ -5,7 +5,8 @@
 //! on the top-10 logits). How far is measured by `bench/bf16_numerics.py`, which repeats each
 //! of the GPU's roundings in a NumPy forward pass: on the fixture's first three cases the bf16
 //! design lands 0.27–0.46 from the reference on the top-10 logits and 4e-3–1.9e-2 (relative)
-//! on the last position's, with no one rounding dominating; the H100 measured 0.55 and 1.9e-2.
+//! on the last position's, with no one rounding dominating; the H100 measured up to 0.55 and
+//! 2.8e-2.
 //! The bars below sit above those figures, so they catch a broken kernel (errors of whole
 //! logits) rather than rounding; top-1 must also agree wherever the reference's top-1/top-2
 //! margin exceeds `TOP1_MARGIN`.
@@ -33,12 +34,14 @@ use infinihip_engine::model::llama::Llama;
 use infinihip_engine::{AttentionMode, Engine, EngineOptions, LogitsWanted, StepInput};
 
 const TOP10_TOLERANCE: f32 = 0.75;
-/// One bf16 forward pass against the reference or the CPU (the emulated design reaches 1.9e-2).
-const REL_TOLERANCE: f64 = 3e-2;
+/// One bf16 forward pass against the reference or the CPU: the emulated design reaches 1.9e-2,
+/// and the H100 1.3e-2 and 2.8e-2 on the same position with two builds whose kernels round in
+/// a different order (the last position of case 0 amplifies rounding the most).
+const REL_TOLERANCE: f64 = 5e-2;
 const TOP1_MARGIN: f32 = 0.5;
 /// Two GPU paths over the same keys, each with its own bf16 rounding (decode against prefill,
 /// HiP against dense when both read every key): measured up to 5.4e-2 (H100, 21 steps).
-const TWO_PATHS_REL_TOLERANCE: f64 = 6e-2;
+const TWO_PATHS_REL_TOLERANCE: f64 = 8e-2;
 /// HiP on the GPU against HiP on the CPU with pruning (masks may differ where scores nearly
 /// tie; measured at most 2.1e-2 over 13 steps on the H100).
 const HIP_PRUNED_REL_TOLERANCE: f64 = 5e-2;
