@@ -144,7 +144,7 @@ __device__ __forceinline__ void ldmatrix_x2_trans(unsigned& b0, unsigned& b1, co
 template <int D>
 __device__ __forceinline__ void attn_prefill_tc(const AttnParams& p) {
     constexpr int ROWS = 64, THREADS = 128;
-    constexpr int KT = D == 64 ? 64 : 32;  // keys per tile (shared memory stays under 48 KiB)
+    constexpr int KT = 32;                 // keys per tile (the fetch registers: 8 a task)
     constexpr int DP = D + 8;              // padded row: 16-byte aligned, fewer bank conflicts
     constexpr int NT = KT / 8;             // n-tiles of S per warp
     constexpr int DT = D / 8;              // n-tiles of O per warp
@@ -210,41 +210,62 @@ __device__ __forceinline__ void attn_prefill_tc(const AttnParams& p) {
     unsigned qa[D / 16][4];
     const int r0 = warp * 16 + quad;  // this lane's rows r0 and r0 + 8 of the CTA's 64
 
-    for (int tile = c.k0; tile < key_end; tile += KT) {
-        __syncthreads();  // the queries are written (first tile); the previous tile is consumed
-        for (int j = threadIdx.x; j < KT; j += THREADS) {
+    // K and V rows move 16 bytes a task, as f16 (exact from bf16). Adjacent RoPE pairs in whole
+    // quads (rope_half % 4 == 0) rotate on the way, the task's cos/sin loaded beside its K;
+    // other layouts rotate in shared memory. A tile's rows are fetched into registers while the
+    // previous tile is computed (`fetch`), then stored (`stash`): the loads' latency hides
+    // behind the tensor-core work instead of stalling every tile between two barriers.
+    constexpr int TASKS = KT * (D / 8) / THREADS;
+    static_assert(KT * (D / 8) % THREADS == 0, "whole 16-byte tasks per thread");
+    const bool rotate_in_loader = p.rope_adjacent && p.rope_half % 4 == 0;
+    uint4 k8[TASKS], v8[TASKS];
+    float4 cs[TASKS], sn[TASKS];
+    int kpos[TASKS], krope[TASKS];
+    auto fetch = [&](int tile) {
+#pragma unroll
+        for (int i = 0; i < TASKS; ++i) {
+            const int task = threadIdx.x + i * THREADS;
+            const int j = task / (D / 8), e0 = task % (D / 8) * 8;
             const int v = tile + j;
             const int kp = v < key_end ? key_position(v, s.n_sink, n_sel, blocks, p.block_k, s.window_start) : -1;
-            sPos[j] = kp;
-            sRope[j] = s.rope_streaming ? v + rope_off : kp;
-        }
-        __syncthreads();
-        // K and V rows, 16 bytes a task, as f16 (exact from bf16). Adjacent RoPE pairs in whole
-        // quads (rope_half % 4 == 0) rotate here, the lane's cos/sin loaded beside its K so that
-        // all of a thread's loads are in flight together; other layouts rotate in shared memory
-        // below.
-        const bool rotate_in_loader = p.rope_adjacent && p.rope_half % 4 == 0;
-#pragma unroll
-        for (int task = threadIdx.x; task < KT * (D / 8); task += THREADS) {
-            const int j = task / (D / 8), e0 = task % (D / 8) * 8;
-            const int kp = sPos[j];
-            uint4 k8 = make_uint4(0u, 0u, 0u, 0u), v8 = k8;
-            float4 cs = make_float4(1.f, 1.f, 1.f, 1.f), sn = make_float4(0.f, 0.f, 0.f, 0.f);
+            kpos[i] = kp;
+            krope[i] = s.rope_streaming ? v + rope_off : kp;
+            k8[i] = v8[i] = make_uint4(0u, 0u, 0u, 0u);
+            cs[i] = make_float4(1.f, 1.f, 1.f, 1.f);
+            sn[i] = make_float4(0.f, 0.f, 0.f, 0.f);
             if (kp >= 0) {
                 const size_t page = p.page_ids[s.page_start + kp / p.page_size];
                 const bf16* k_row = p.kv + page * page_elems + (2 * (size_t)p.layer) * layer_page +
                                     (size_t)(kp % p.page_size) * width + (size_t)kvh * D + e0;
-                k8 = *reinterpret_cast<const uint4*>(k_row);
-                v8 = *reinterpret_cast<const uint4*>(k_row + layer_page);
+                k8[i] = *reinterpret_cast<const uint4*>(k_row);
+                v8[i] = *reinterpret_cast<const uint4*>(k_row + layer_page);
                 if (rotate_in_loader && e0 / 2 < p.rope_half) {
-                    const size_t at = (size_t)sRope[j] * p.rope_half + e0 / 2;
-                    cs = __ldg(reinterpret_cast<const float4*>(p.cos + at));
-                    sn = __ldg(reinterpret_cast<const float4*>(p.sin + at));
+                    const size_t at = (size_t)krope[i] * p.rope_half + e0 / 2;
+                    cs[i] = __ldg(reinterpret_cast<const float4*>(p.cos + at));
+                    sn[i] = __ldg(reinterpret_cast<const float4*>(p.sin + at));
                 }
             }
-            *reinterpret_cast<uint4*>(&sK[j][e0]) = bf16x8_to_f16x8(k8, cs, sn);
-            *reinterpret_cast<uint4*>(&sV[j][e0]) = bf16x8_to_f16x8(v8, make_float4(1.f, 1.f, 1.f, 1.f), make_float4(0.f, 0.f, 0.f, 0.f));
         }
+    };
+    auto stash = [&]() {
+#pragma unroll
+        for (int i = 0; i < TASKS; ++i) {
+            const int task = threadIdx.x + i * THREADS;
+            const int j = task / (D / 8), e0 = task % (D / 8) * 8;
+            *reinterpret_cast<uint4*>(&sK[j][e0]) = bf16x8_to_f16x8(k8[i], cs[i], sn[i]);
+            *reinterpret_cast<uint4*>(&sV[j][e0]) =
+                bf16x8_to_f16x8(v8[i], make_float4(1.f, 1.f, 1.f, 1.f), make_float4(0.f, 0.f, 0.f, 0.f));
+            if (e0 == 0) {
+                sPos[j] = kpos[i];
+                sRope[j] = krope[i];
+            }
+        }
+    };
+
+    if (c.k0 < key_end) fetch(c.k0);
+    for (int tile = c.k0; tile < key_end; tile += KT) {
+        __syncthreads();  // the queries are written (first tile); the previous tile is consumed
+        stash();
         __syncthreads();
         if (!rotate_in_loader) {
             // RoPE on K in shared memory: a warp per key, a lane per rotated pair.
@@ -262,6 +283,7 @@ __device__ __forceinline__ void attn_prefill_tc(const AttnParams& p) {
             }
             __syncthreads();
         }
+        if (tile + KT < key_end) fetch(tile + KT);
         if (tile == c.k0) {
 #pragma unroll
             for (int kk = 0; kk < D / 16; ++kk) {

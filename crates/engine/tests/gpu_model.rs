@@ -42,9 +42,10 @@ const TOP1_MARGIN: f32 = 0.5;
 /// Two GPU paths over the same keys, each with its own bf16 rounding (decode against prefill,
 /// HiP against dense when both read every key): measured up to 5.4e-2 (H100, 21 steps).
 const TWO_PATHS_REL_TOLERANCE: f64 = 8e-2;
-/// HiP on the GPU against HiP on the CPU with pruning (masks may differ where scores nearly
-/// tie; measured at most 2.1e-2 over 13 steps on the H100).
-const HIP_PRUNED_REL_TOLERANCE: f64 = 5e-2;
+/// HiP on the GPU against HiP on the CPU with pruning: one bf16 pass against f32, and masks
+/// that may differ where scores nearly tie; measured up to 2.1e-2 and, after the prefill
+/// kernel's loader changed its rounding order, 4.6e-2 over 13 steps on the H100.
+const HIP_PRUNED_REL_TOLERANCE: f64 = 8e-2;
 
 /// The CUDA device, or `None` (after saying so) when there is none.
 fn gpu() -> Option<CudaBackend> {
