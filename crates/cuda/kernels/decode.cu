@@ -60,6 +60,17 @@ struct DecodeParams {
 };
 static_assert(sizeof(DecodeParams) == 128, "DecodeParams mirrors infinihip_cuda::attention::DecodeParams");
 
+// Rotates the 4 adjacent pairs of x[0..8] by the angles whose cosines are c and sines s.
+__device__ __forceinline__ void rotate_quad(float (&x)[8], const float4 c, const float4 s) {
+    const float cs[4] = {c.x, c.y, c.z, c.w}, sn[4] = {s.x, s.y, s.z, s.w};
+#pragma unroll
+    for (int t = 0; t < 4; ++t) {
+        const float a = x[2 * t], b = x[2 * t + 1];
+        x[2 * t] = a * cs[t] - b * sn[t];
+        x[2 * t + 1] = a * sn[t] + b * cs[t];
+    }
+}
+
 // Rotates the 8 components x[0..8] = component e0 .. e0+8 of a head vector at table row `rp`.
 // Adjacent pairs (2i, 2i+1) lie in one lane. Halves pairs (i, i + rope_half) lie in lanes
 // rope_half/8 apart (the host checks rope_half % 8 == 0), reached with shuffles; every lane
@@ -68,15 +79,8 @@ __device__ __forceinline__ void rotate8(float (&x)[8], int e0, int rp, const Dec
     const int half = p.rope_half;
     if (p.rope_adjacent && e0 / 2 + 4 <= half && half % 4 == 0) {
         // The lane's 4 pairs all rotate: one 16-byte load each of cos and sin.
-        const float4 c = __ldg(reinterpret_cast<const float4*>(p.cos + (size_t)rp * half + e0 / 2));
-        const float4 s = __ldg(reinterpret_cast<const float4*>(p.sin + (size_t)rp * half + e0 / 2));
-        const float cs[4] = {c.x, c.y, c.z, c.w}, sn[4] = {s.x, s.y, s.z, s.w};
-#pragma unroll
-        for (int t = 0; t < 4; ++t) {
-            const float a = x[2 * t], b = x[2 * t + 1];
-            x[2 * t] = a * cs[t] - b * sn[t];
-            x[2 * t + 1] = a * sn[t] + b * cs[t];
-        }
+        rotate_quad(x, __ldg(reinterpret_cast<const float4*>(p.cos + (size_t)rp * half + e0 / 2)),
+                    __ldg(reinterpret_cast<const float4*>(p.sin + (size_t)rp * half + e0 / 2)));
     } else if (p.rope_adjacent) {
 #pragma unroll
         for (int t = 0; t < 8; t += 2) {
@@ -305,15 +309,7 @@ __device__ __forceinline__ void decode_partial(const DecodeParams& p) {
         unpack8(slot[0], kx);
         unpack8(slot[32], vx);
         if (staged_rope) {
-            const float4 c = *reinterpret_cast<const float4*>(slot + 64);
-            const float4 sn = *reinterpret_cast<const float4*>(slot + 96);
-            const float cs[4] = {c.x, c.y, c.z, c.w}, ss[4] = {sn.x, sn.y, sn.z, sn.w};
-#pragma unroll
-            for (int u = 0; u < 4; ++u) {
-                const float a = kx[2 * u], b = kx[2 * u + 1];
-                kx[2 * u] = a * cs[u] - b * ss[u];
-                kx[2 * u + 1] = a * ss[u] + b * cs[u];
-            }
+            rotate_quad(kx, *reinterpret_cast<const float4*>(slot + 64), *reinterpret_cast<const float4*>(slot + 96));
         } else if (!RING_ROPE) {
             // Shuffles inside for halves RoPE: the whole warp calls it.
             const int v = v0 + t * KPI + sub;
