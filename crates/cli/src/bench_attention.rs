@@ -482,7 +482,7 @@ impl<'a> HipRun<'a> {
                     page_end: page_start + pages,
                     last_row_sampled: false,
                 };
-                entries.extend(block_entries(cfg, layer, &seq));
+                entries.extend(block_entries(cfg, layer, &seq).0);
             }
         }
         (entries, if id.n_q == 1 { 1 } else { cfg.b_q })

@@ -143,6 +143,11 @@ impl StageOutput {
     pub fn new(gpu: &Gpu, n_seqs: usize, stride: usize) -> Result<Self, CudaError> {
         Ok(Self { starts: gpu.alloc_zeros(n_seqs * stride)?, counts: gpu.alloc_zeros(n_seqs * 2)?, stride })
     }
+
+    /// Device bytes of `new(gpu, n_seqs, stride)`: i32 starts and counts.
+    pub fn bytes(n_seqs: usize, stride: usize) -> usize {
+        4 * (n_seqs * stride + n_seqs * 2)
+    }
 }
 
 /// Scratch of a stage: rank keys and starts per candidate (`[seq][max_cand]`), and the
@@ -161,6 +166,12 @@ impl HipScratch {
             starts: gpu.alloc_zeros(candidates)?,
             rows: gpu.alloc_zeros(row_values)?,
         })
+    }
+
+    /// Device bytes that `ensure` grows empty buffers to: a u64 rank key and an i32 start per
+    /// candidate, f32 row values, each rounded up to a power of two.
+    pub fn bytes(candidates: usize, row_values: usize) -> usize {
+        12 * candidates.next_power_of_two() + 4 * row_values.next_power_of_two()
     }
 
     /// Grows the buffers (contents are not kept) to the given sizes.

@@ -111,16 +111,18 @@ fn scratch_sizes(
 
 /// The pruning entries of the query blocks of `seq`'s step (`SeqSlice::hip_query_blocks` with
 /// the config's `b_q`), each with the window end of its first query: a prefill chunk's blocks,
-/// whose masks are estimated afresh. The token that gets a decode step's mask is not among them.
-pub fn block_entries(cfg: &HipConfig, layer: usize, seq: &SeqSlice) -> Vec<HipSeq> {
-    let (blocks, _) = seq.hip_query_blocks(cfg.b_q);
-    blocks
+/// whose masks are estimated afresh. The token that gets a decode step's mask is not among
+/// them: its offset in the step, if there is one, comes second.
+pub fn block_entries(cfg: &HipConfig, layer: usize, seq: &SeqSlice) -> (Vec<HipSeq>, Option<usize>) {
+    let (blocks, single) = seq.hip_query_blocks(cfg.b_q);
+    let entries = blocks
         .iter()
         .map(|r| {
             let pos = seq.pos_start + r.start;
             hip_entry(cfg, layer, seq.row_start + r.start, pos, r.len(), seq.page_start, window_end(cfg, pos))
         })
-        .collect()
+        .collect();
+    (entries, single)
 }
 
 /// The pruning stages' outputs of a batch of query blocks of one layer, on the device, with
@@ -206,10 +208,10 @@ impl HipStages {
         max_window_end: usize,
     ) -> usize {
         let (_, candidates, rows) = scratch_sizes(cfg, layer, n, max_n_q, heads, max_window_end);
-        let outputs: usize =
-            (0..cfg.n_stages()).map(|s| n.next_power_of_two() * (stage_stride(cfg, s, n_layers) + 2)).sum();
-        // i32 starts and counts; a u64 rank key and an i32 start per candidate; f32 rows.
-        4 * outputs + 12 * candidates.next_power_of_two() + 4 * rows.next_power_of_two()
+        let outputs: usize = (0..cfg.n_stages())
+            .map(|s| StageOutput::bytes(n.next_power_of_two(), stage_stride(cfg, s, n_layers)))
+            .sum();
+        outputs + HipScratch::bytes(candidates, rows)
     }
 
     /// The output of stage `s`: kept starts `[block][stride]` and counts `[block][2]`.

@@ -746,7 +746,7 @@ impl HipStepInputs<'_> {
                 continue;
             };
             let cfg = state.config().clone();
-            let entries = block_entries(&cfg, self.layer, seq);
+            let (entries, single) = block_entries(&cfg, self.layer, seq);
             if !entries.is_empty() {
                 if h.entries.len() < entries.len() {
                     h.entries = gpu.upload(&vec![HipSeq::default(); entries.len().next_power_of_two()])?;
@@ -759,7 +759,7 @@ impl HipStepInputs<'_> {
                 runs.extend(entries.iter().enumerate().map(|(i, e)| masked_run(&cfg, e, next_mask + i)));
                 next_mask += entries.len();
             }
-            if let (_, Some(t)) = seq.hip_query_blocks(cfg.b_q) {
+            if let Some(t) = single {
                 let slot = state.gpu_layer_mut(self.layer);
                 if slot.is_none() {
                     *slot = Some(GpuDecodeCache::new(gpu)?);
